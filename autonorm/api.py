@@ -1,0 +1,47 @@
+"""The Python face of the commands: ``search``, ``load_study`` and ``build_model``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autonorm.backends import run_optuna
+from autonorm.backends.optuna import Callback
+from autonorm.backends.workers import run_workers
+from autonorm.registry import Registry, get_registry
+from autonorm.results import StudyResults
+from autonorm.spec import SearchSpec, load_spec
+
+
+def search(
+    source: str | os.PathLike | Mapping[str, Any] | SearchSpec,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    workers: int | None = None,
+    registry: Registry | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> StudyResults:
+    """Run (or resume) the search a space file describes and return the study's results.
+
+    ``trials``, ``storage`` and ``workers`` override the file's ``search.trials``, ``search.storage`` and
+    ``search.workers``. With ``search.backend: ray`` the trials run on Ray Tune; with more than one worker,
+    that many ``autonorm worker`` processes share the study (the storage must allow it: not SQLite).
+
+    >>> results = autonorm.search("search_spaces/quickstart.yaml")  # doctest: +SKIP
+    >>> results.best.config.summary()  # doctest: +SKIP
+    'resnet | groupnorm | relu | avg | linear | kaiming'
+    """
+    registry = registry or get_registry()
+    spec = source if isinstance(source, SearchSpec) else load_spec(source, registry)
+    overrides = {k: v for k, v in (("trials", trials), ("storage", storage), ("workers", workers)) if v is not None}
+    if overrides:
+        spec.search = spec.search.model_copy(update=overrides)
+    if spec.search.backend == "ray":
+        from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it
+
+        return run_ray(spec, registry, callbacks)
+    if spec.search.workers > 1:
+        return run_workers(spec, spec.search.workers, callbacks)
+    return run_optuna(spec, registry, callbacks)

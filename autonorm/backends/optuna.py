@@ -1,0 +1,88 @@
+"""The embedded default backend: an Optuna study in the spec's storage, run in this process.
+
+Re-running the same space resumes its study: only the trials still missing are run. A trial that
+was interrupted (Ctrl-C, or a worker that stopped sending heartbeats) is not counted as done.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import optuna
+
+from autonorm.data import load_data
+from autonorm.errors import SpecError
+from autonorm.objective import make_objective
+from autonorm.registry import Registry
+from autonorm.results import StudyResults, TrialRecord, results_of
+from autonorm.spec import SearchSpec
+from autonorm.storage import open_storage
+
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    seed = spec.search.seed
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.search.trials // 4)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, max(2, spec.search.trials // 3)))
+
+
+def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
+    if spec.search.multi_objective:  # Optuna does not prune multi-objective studies
+        return optuna.pruners.NopPruner()
+    return {
+        "none": optuna.pruners.NopPruner,
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
+    }[spec.search.pruner]()
+
+
+def open_search_study(spec: SearchSpec) -> optuna.Study:
+    """Create the spec's study, or load it to resume."""
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=open_storage(spec.storage),
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        directions=spec.search.directions,
+        load_if_exists=True,
+    )
+    if "objective" not in study.user_attrs:
+        study.set_user_attr("objective", spec.search.objectives[0])
+        study.set_user_attr("objectives", spec.search.objectives)
+        study.set_user_attr("space", spec.raw)
+        with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard labels the values with it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(spec.search.objectives)
+    stored = study.user_attrs.get("objectives", [study.user_attrs["objective"]])
+    if stored != spec.search.objectives:
+        raise SpecError(
+            f"study {spec.name!r} optimizes {stored}, not {spec.search.objectives}; give the search a new name",
+            path="search.objective",
+        )
+    return study
+
+
+def done_count(study: optuna.Study) -> int:
+    return sum(TrialRecord.from_frozen(t).counts_as_done for t in study.get_trials(deepcopy=False))
+
+
+def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] = ()) -> StudyResults:
+    """Run the trials the study still lacks and return its results."""
+    data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
+    study = open_search_study(spec)
+    missing = spec.search.trials - done_count(study)
+    if missing > 0:
+        study.optimize(
+            make_objective(spec, data, registry),
+            n_trials=missing,
+            timeout=spec.search.timeout,
+            callbacks=list(callbacks),
+            gc_after_trial=False,
+        )
+    return results_of(study, spec.storage)

@@ -1,0 +1,198 @@
+"""The Ray Tune backend: the same define-by-run space, run as Ray trials, recorded in the same Optuna study.
+
+The driver samples each trial's configuration with Ray Tune's ``OptunaSearch`` on the spec's Optuna
+study and storage, so ``autonorm results``, ``best`` and resume read a Ray search exactly as they
+read a local one. A Ray trial trains that configuration with the same objective as the Optuna
+backend (the sampled parameters replayed through :class:`optuna.trial.FixedTrial`), reports the
+objective every epoch to the scheduler (ASHA, HyperBand or the median rule stop weak trials early)
+and sends its metrics, failure reason and traceback back in its last report. Only the driver
+touches the storage, so the workers of a cluster need no route to the database.
+
+The data is put once in Ray's object store (``tune.with_parameters``), not sent with every trial,
+and actors are reused between trials. A Ray started here has no dashboard and names 127.0.0.1 as its
+node address; Ray 2.60's own GCS and raylet gRPC servers still listen on every interface (Ray offers
+no setting to bind them), so on a shared network keep their ports behind a firewall.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+from ray.tune.search.optuna import OptunaSearch
+
+from autonorm.backends.optuna import Callback, done_count, make_sampler, open_search_study
+from autonorm.data import Data, load_data
+from autonorm.errors import TrialFailed
+from autonorm.objective import make_objective
+from autonorm.registry import Registry
+from autonorm.results import StudyResults, results_of
+from autonorm.space import sample_config
+from autonorm.spec import SearchSpec
+
+#: Keys of a Ray trial's reports besides the objective.
+NUMBER, EPOCH, FINAL, ATTRS = "autonorm_trial", "epoch", "autonorm_final", "autonorm_attrs"
+
+#: Recorded on a trial whose Ray actor raised (so its own objective could not record a reason).
+RAY_ERROR = "the Ray trial raised; see Ray's logs"
+
+
+def run_ray(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] = ()) -> StudyResults:
+    """Run the trials the spec's study still lacks as Ray Tune trials and return the study's results."""
+    data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
+    study = open_search_study(spec)
+    missing = spec.search.trials - done_count(study)
+    if missing <= 0:
+        return results_of(study, spec.storage)
+    started_here = connect(spec.search.ray.address)
+    searcher = StudySearch(spec, study, data, callbacks)
+    settings = spec.search.ray
+    resources = {"cpu": settings.resources_per_trial.cpu, "gpu": settings.resources_per_trial.gpu}
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, spec=spec, data=data, registry=registry), resources
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="autonorm-ray-") as scratch:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=make_scheduler(spec),
+                    num_samples=missing,
+                    max_concurrent_trials=settings.max_concurrent,
+                    reuse_actors=True,
+                    time_budget_s=spec.search.timeout,
+                ),
+                run_config=tune.RunConfig(name=spec.name, storage_path=scratch, verbose=0),
+            )
+            with warnings.catch_warnings():  # ask/tell on a heartbeat storage: heartbeats serve the workers
+                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                tuner.fit()
+    finally:
+        searcher.interrupt_unfinished()
+        if started_here:
+            ray.shutdown()
+    return results_of(study, spec.storage)
+
+
+def connect(address: str | None) -> bool:
+    """Join the Ray at ``address`` (``auto``: this machine's cluster), or start a local one; True if started."""
+    if ray.is_initialized():
+        return False
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+    return True
+
+
+def make_scheduler(spec: SearchSpec) -> Any:
+    """The Ray scheduler matching the spec's pruner. One step is one epoch, plus the trial's final report."""
+    metric, mode = spec.search.objective, "max" if spec.search.direction == "maximize" else "min"
+    max_t = spec.epochs + 1
+    if spec.search.pruner == "asha":
+        return AsyncHyperBandScheduler(metric=metric, mode=mode, max_t=max_t, grace_period=1, reduction_factor=3)
+    if spec.search.pruner == "hyperband":
+        return HyperBandScheduler(metric=metric, mode=mode, max_t=max_t)
+    if spec.search.pruner == "median":
+        return MedianStoppingRule(
+            time_attr="training_iteration", metric=metric, mode=mode, grace_period=1, min_samples_required=4
+        )
+    return FIFOScheduler()
+
+
+class _ReplayedTrial(optuna.trial.FixedTrial):
+    """The driver's sampled parameters, replayed in a Ray actor; reports go to Ray Tune."""
+
+    def __init__(self, params: dict[str, Any], number: int, objective: str) -> None:
+        super().__init__(params, number)
+        self._objective = objective
+
+    def report(self, value: float, step: int) -> None:
+        tune.report({self._objective: value, EPOCH: step})
+
+
+def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: Registry) -> None:
+    """A Ray Tune function trainable: train the sampled configuration and report its outcome last."""
+    params = {k: v for k, v in config.items() if k != NUMBER}
+    trial = _ReplayedTrial(params, config[NUMBER], spec.search.objective)
+    trial.set_user_attr("ray_node", ray.get_runtime_context().get_node_id())
+    value = make_objective(spec, data, registry)(trial)
+    # as JSON text: Ray Tune flattens nested dictionaries in results
+    attrs = json.dumps(trial.user_attrs)
+    tune.report({spec.search.objective: value, EPOCH: spec.epochs, FINAL: True, ATTRS: attrs})
+
+
+class StudySearch(OptunaSearch):
+    """Ray Tune's OptunaSearch on the spec's study, recording what each Ray trial sends back."""
+
+    def __init__(self, spec: SearchSpec, study: optuna.Study, data: Data, callbacks: Sequence[Callback] = ()) -> None:
+        input_shape, num_classes = data.input_shape, data.num_classes
+
+        def space(trial: Any) -> dict[str, Any]:
+            try:
+                config = sample_config(trial, spec, input_shape, num_classes)
+                trial.set_user_attr("config", config.model_dump(mode="json"))
+            except TrialFailed:  # the Ray trial replays the same choices and records the reason
+                pass
+            return {NUMBER: trial.number}
+
+        super().__init__(
+            space=space,
+            metric=spec.search.objective,
+            mode="max" if spec.search.direction == "maximize" else "min",
+            sampler=make_sampler(spec),
+            study_name=study.study_name,
+            storage=study._storage,
+        )
+        self._callbacks = list(callbacks)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not result.get(FINAL) and trial_id not in self._completed_trials:
+            self._ot_trials[trial_id].report(result[self.metric], result[EPOCH])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        trial = self._ot_trials[trial_id]
+        result = result or {}
+        if result.get(FINAL):
+            attrs = json.loads(result[ATTRS])
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            value = result[self.metric]
+            ok = "fail_reason" not in attrs and value is not None and math.isfinite(value)
+            self._finish(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, value if ok else None)
+        elif error:
+            trial.set_user_attr("fail_reason", RAY_ERROR)
+            self._finish(trial_id, TrialState.FAIL)
+        else:  # stopped early by the scheduler
+            self._finish(trial_id, TrialState.PRUNED)
+
+    def interrupt_unfinished(self) -> None:
+        """Record the trials Ray did not finish (the search was stopped) as interrupted, to rerun on resume."""
+        for trial_id, trial in self._ot_trials.items():
+            if trial_id not in self._completed_trials:
+                trial.set_user_attr("fail_reason", "interrupted")
+                self._finish(trial_id, TrialState.FAIL)
+
+    def _finish(self, trial_id: str, state: TrialState, value: float | None = None) -> None:
+        trial = self._ot_trials[trial_id]
+        frozen = self._ot_study.tell(trial, value, state=state)
+        self._completed_trials.add(trial_id)
+        for callback in self._callbacks:
+            callback(self._ot_study, frozen)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the Optuna storage holds the search's state, and resume reads it from there."""

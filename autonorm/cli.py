@@ -1,0 +1,325 @@
+"""The ``autonorm`` command. User errors print one located line and exit 2; bugs keep their traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.markup import escape
+
+from autonorm import display
+from autonorm.api import search
+from autonorm.backends.optuna import done_count, open_search_study
+from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
+from autonorm.comparison import compare
+from autonorm.errors import SpecError
+from autonorm.final import train
+from autonorm.registry import get_registry, unknown_name_message
+from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, default_storage, load_study, open_study
+from autonorm.spec import load_spec
+from autonorm.storage import check_shareable, mask_url
+from autonorm.testing import CHECKED_KINDS, check_component
+
+
+def _study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study", help="study name, or the search-space YAML file that made it")
+    parser.add_argument("--storage", help="storage URL (default: sqlite:///STUDY.db, or the space's search.storage)")
+
+
+def _where(args: argparse.Namespace) -> tuple[str, str]:
+    """The study name and storage URL that ``STUDY [--storage URL]`` names."""
+    if args.study.endswith((".yaml", ".yml")):
+        spec = load_spec(args.study)
+        return spec.name, args.storage or spec.storage
+    return args.study, args.storage or default_storage(args.study)
+
+
+def _load(args: argparse.Namespace) -> StudyResults:
+    return load_study(*_where(args))
+
+
+def cmd_search(args: argparse.Namespace, console: Console) -> int:
+    if args.jsonl:  # stdout carries only the JSON lines; everything else goes to stderr
+        console = Console(stderr=True)
+    registry = get_registry()
+    spec = load_spec(args.space, registry)
+    if args.trials is not None:
+        spec.search = spec.search.model_copy(update={"trials": args.trials})
+    if args.storage is not None:
+        spec.search = spec.search.model_copy(update={"storage": args.storage})
+    if args.workers is not None:
+        spec.search = spec.search.model_copy(update={"workers": args.workers})
+    if spec.search.backend == "optuna":
+        check_shareable(spec.storage, spec.search.workers)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    already = done_count(open_search_study(spec))
+    if already:
+        console.print(f"resuming study {spec.name}: {already} of {spec.search.trials} trials already done")
+    if spec.search.multi_objective and spec.search.pruner != "none":
+        console.print(
+            f"note: Optuna cannot prune a multi-objective search; pruner {spec.search.pruner!r} is off "
+            "and every trial trains all its epochs"
+        )
+    if args.jsonl:
+        reporter = display.JsonLinesReporter(spec.search.objectives)
+        results = search(spec, registry=registry, callbacks=[reporter.callback])
+        console.print(display.summary(results))
+        return 0
+    if args.quiet:
+        results = search(spec, registry=registry)
+    else:
+        with display.SearchProgress(spec, already, console) as progress:
+            results = search(spec, registry=registry, callbacks=[progress.callback])
+    console.print(display.summary(results))
+    console.print(display.leaderboard_table(results, args.top))
+    failed = display.failed_table(results)
+    if failed is not None:
+        console.print(failed)
+    if results.multi_objective:
+        console.print(display.pareto_table(results))
+    console.print(display.best_panel(results.best, results.objective))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
+    registry = get_registry()
+    console.print(display.plugins_table(registry, args.kind))
+    if registry.failures:
+        console.print(display.failures_table(registry))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, console: Console) -> int:
+    if not args.storage:
+        raise SpecError(f"give the study's storage URL with --storage or the {STORAGE_ENV} variable", path="worker")
+    check_shareable(args.storage, 2)
+    registry = get_registry()
+    spec = worker_spec(args.study, args.storage, registry, args.trials)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if not args.quiet:
+        console.print(f"worker joined study {spec.name} in {mask_url(spec.storage)}: {spec.search.trials} trials")
+    results = run_worker(spec, registry)
+    if not args.quiet:
+        console.print(display.summary(results))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    spec = load_spec(args.space)
+    console.print(
+        f"[green]ok[/green] {args.space}: study {spec.name!r}, {spec.search.trials} trials, "
+        f"storage {mask_url(spec.storage)}"
+    )
+    for kind, candidates in spec.space.items():
+        console.print(f"  {kind}: {', '.join(c.name for c in candidates)}")
+    searched = [key for key, dom in spec.train.items() if dom.is_searched]
+    console.print(f"  train: {spec.epochs} epochs; searched: {', '.join(searched) or 'nothing'}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace, console: Console) -> int:
+    results = _load(args)
+    console.print(display.summary(results))
+    console.print(display.leaderboard_table(results, args.top))
+    failed = display.failed_table(results)
+    if failed is not None:
+        console.print(failed)
+    if results.multi_objective:
+        console.print(display.pareto_table(results))
+    return 0
+
+
+def _chosen_trial(args: argparse.Namespace, results: StudyResults) -> TrialRecord:
+    """The trial ``autonorm best`` exports: by number, under metric bounds, or the best by the first objective."""
+    if args.trial is not None:
+        chosen = next((t for t in results.trials if t.number == args.trial), None)
+        if chosen is None or chosen.config is None:
+            raise SpecError(f"no trial {args.trial} with a configuration", path=f"study {results.name}")
+        return chosen
+    if args.max or args.min or args.by:
+        chosen = results.choose(by=args.by, at_most=dict(args.max), at_least=dict(args.min))
+        if chosen is None:
+            bounds = [f"{k} <= {v:g}" for k, v in args.max] + [f"{k} >= {v:g}" for k, v in args.min]
+            raise SpecError(f"no completed trial has {' and '.join(bounds)}", path=f"study {results.name}")
+        return chosen
+    if results.best is None or results.best.config is None:
+        raise SpecError("no completed trial yet", path=f"study {results.name}")
+    return results.best
+
+
+def cmd_best(args: argparse.Namespace, console: Console) -> int:
+    results = _load(args)
+    best = _chosen_trial(args, results)
+    text = best.config.to_yaml()
+    if args.output:
+        Path(args.output).write_text(text)
+        shown = dict.fromkeys([results.objective, args.by, *(k for k, _ in args.max + args.min)] + results.objectives)
+        values = ", ".join(f"{k} = {best.metrics[k]:.4g}" for k in shown if k and k in best.metrics)
+        console.print(f"wrote the configuration of trial {best.number} ({values or best.state}) to {args.output}")
+    else:
+        console.print(text, markup=False, highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from autonorm.report import write_report  # plotly is imported only for reports
+
+    name, url = _where(args)
+    path = write_report(open_study(name, url), args.output, mask_url(url))
+    console.print(f"wrote the report of study {name} to {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    out = args.output or str(Path(args.config).with_suffix("")) + "_model"
+    trained = train(args.config, out)
+    m = trained.metrics
+    console.print(
+        f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f} "
+        f"({int(m['params'])} parameters, {m['train_seconds']:.1f} s)"
+    )
+    console.print(f"saved weights, configuration and metrics to {trained.out_dir}/")
+    return 0
+
+
+def _bound(text: str) -> tuple[str, float]:
+    """``latency_ms=0.5`` -> ("latency_ms", 0.5), for ``autonorm best --max/--min``."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in METRIC_KEYS:
+        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE with METRIC one of {', '.join(METRIC_KEYS)}")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+
+
+def cmd_check_plugin(args: argparse.Namespace, console: Console) -> int:
+    registry = get_registry()
+    kinds = [args.kind] if args.kind else [k for k in CHECKED_KINDS if (k, args.name) in registry]
+    if not kinds:
+        known = sorted({c.name for k in CHECKED_KINDS for c in registry.components(k)})
+        raise SpecError(unknown_name_message("component", args.name, known), path="check-plugin")
+    ok = True
+    for kind in kinds:
+        report = check_component(args.name, kind=kind, registry=registry, raise_on_failure=False)
+        console.print(f"{kind} {args.name!r}:")
+        for result in report.results:
+            mark = "[green]passed[/green]" if result.passed else "[red]FAILED[/red]"
+            text = result.name + (f": {result.message}" if result.message else "")
+            console.print(f"  {mark}  {escape(text)}", highlight=False)
+        ok = ok and report.ok
+    console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
+    return 0 if ok else 1
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    def show(cell) -> None:
+        result = f"{cell.mean:.4f} ± {cell.ci95:.4f}" if cell.mean is not None else f"failed: {cell.error}"
+        console.print(f"  {cell.task} / {cell.candidate}: {result}", highlight=False)
+
+    comparison = compare(args.protocol, on_cell=None if args.quiet else show)
+    console.print(display.comparison_table(comparison))
+    friedman = comparison.friedman()
+    console.print(
+        f"Friedman test over tasks: chi2 = {friedman[0]:.3f}, p = {friedman[1]:.4g}"
+        if friedman
+        else "Friedman test over tasks: needs at least 2 tasks and 3 candidates that completed them all"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autonorm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="run or resume the search a space file describes")
+    p.add_argument("space", help="search-space YAML file")
+    p.add_argument("--trials", type=int, help="override search.trials")
+    p.add_argument("--storage", help="override search.storage")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live progress")
+    p.add_argument(
+        "--jsonl", action="store_true", help="print one JSON object per finished trial instead (other output: stderr)"
+    )
+    p.add_argument(
+        "--workers", type=int, help="run trials in this many processes (needs a PostgreSQL, MySQL or journal storage)"
+    )
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("worker", help="join a study's search from this machine (many workers share one storage)")
+    p.add_argument("study", help="study name")
+    p.add_argument(
+        "--storage", default=os.environ.get(STORAGE_ENV), help=f"the study's storage URL (default: ${STORAGE_ENV})"
+    )
+    p.add_argument("--trials", type=int, help="finished trials to aim for (default: what the search asked)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("plugins", help="list every discovered component")
+    p.add_argument("--kind", help="only this kind")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("validate", help="check a search-space file without running it")
+    p.add_argument("space")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("results", help="print a study's leaderboard")
+    _study_args(p)
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("best", help="write the best trial's configuration as YAML")
+    _study_args(p)
+    p.add_argument("-o", "--output", help="file to write (default: print)")
+    p.add_argument("--trial", type=int, help="this trial's configuration instead (e.g. one of the Pareto front)")
+    p.add_argument(
+        "--max", type=_bound, action="append", default=[], metavar="METRIC=V", help="only trials with METRIC <= V"
+    )
+    p.add_argument(
+        "--min", type=_bound, action="append", default=[], metavar="METRIC=V", help="only trials with METRIC >= V"
+    )
+    p.add_argument("--by", choices=METRIC_KEYS, help="the metric to rank by (default: the first objective)")
+    p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a study's plots")
+    _study_args(p)
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train", help="train a configuration from `autonorm best` on train+validation, score on test")
+    p.add_argument("config", help="configuration YAML written by `autonorm best`")
+    p.add_argument("-o", "--output", help="output folder (default: CONFIG_model next to the file)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("check-plugin", help="run the contract checks on a component (for plugin authors)")
+    p.add_argument("name", help="component name")
+    p.add_argument("--kind", choices=CHECKED_KINDS, help="its kind, where a name is registered under several")
+    p.set_defaults(func=cmd_check_plugin)
+
+    p = sub.add_parser("compare", help="compare one kind's methods across tasks and seeds")
+    p.add_argument("protocol", help="comparison protocol YAML file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the final table")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except SpecError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Compare the methods of one kind across tasks, fairly: ``autonorm compare PROTOCOL.yaml``.
+
+For every (task, candidate) pair the protocol's shared hyperparameters (at least the learning rate)
+are tuned with the same small budget, as a study of its own in the protocol's storage; the best
+setting is then retrained with several seeds and scored on the held-out test split. Seed results are
+stored on the pair's study, so an interrupted comparison resumes without repeating finished seeds.
+
+Statistics (per Demšar 2006, "Statistical Comparisons of Classifiers over Multiple Data Sets"):
+mean test accuracy with a 95% Student-t confidence interval over seeds; each candidate's average
+rank across tasks (rank 1 = best mean, ties share the average rank); a Friedman test over tasks
+(needs at least 2 tasks and 3 candidates); and, against the baseline, a Wilcoxon signed-rank test on
+the seed-paired accuracies of all tasks, Holm-corrected over the candidates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from scipy import stats
+
+from autonorm.api import search
+from autonorm.backends.optuna import open_search_study
+from autonorm.build import build_model, build_training_methods
+from autonorm.data import load_data
+from autonorm.errors import SpecError, TrialFailed
+from autonorm.registry import Registry, get_registry, unknown_name_message
+from autonorm.spec import SEARCHED_KINDS, SearchSpec, _locate, load_spec
+from autonorm.trainer import fit
+
+#: Cost columns reported beside accuracy, from the retrained runs.
+COST_KEYS = ("params", "train_seconds", "latency_ms")
+
+
+class _Task(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    data: dict[str, Any]
+
+
+class _Protocol(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: str
+    candidates: list[str] | None = None
+    baseline: str | None = None
+    tasks: list[_Task] = Field(min_length=1)
+    model: dict[str, Any] = {"backbone": "resnet"}
+    space: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    tune: dict[str, Any] = {"lr": {"loguniform": [0.01, 0.3]}}
+    trials: PositiveInt = 4
+    seeds: PositiveInt = 3
+    search: dict[str, Any] = {}
+
+
+@dataclass
+class Cell:
+    """One (task, candidate) result: test accuracies over seeds, costs, or why it failed."""
+
+    task: str
+    candidate: str
+    accuracies: list[float] = field(default_factory=list)
+    costs: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.accuracies)) if self.accuracies else None
+
+    @property
+    def ci95(self) -> float | None:
+        """Half-width of the 95% Student-t confidence interval of the mean (0 with one seed)."""
+        n = len(self.accuracies)
+        if n < 2:
+            return 0.0 if n else None
+        return float(stats.t.ppf(0.975, n - 1) * np.std(self.accuracies, ddof=1) / math.sqrt(n))
+
+
+@dataclass
+class Comparison:
+    """The table of a comparison and its statistics; :meth:`records` gives it as a list of dicts."""
+
+    name: str
+    kind: str
+    tasks: list[str]
+    candidates: list[str]
+    baseline: str | None
+    cells: dict[tuple[str, str], Cell]
+
+    def average_ranks(self) -> dict[str, float]:
+        """Mean over tasks of each candidate's rank by mean accuracy (failed cells rank last)."""
+        ranks = {c: [] for c in self.candidates}
+        for task in self.tasks:
+            scores = [self.cells[task, c].mean for c in self.candidates]
+            ranked = stats.rankdata([-(s if s is not None else -math.inf) for s in scores])
+            for c, r in zip(self.candidates, ranked, strict=True):
+                ranks[c].append(float(r))
+        return {c: float(np.mean(r)) for c, r in ranks.items()}
+
+    def friedman(self) -> tuple[float, float] | None:
+        """Friedman chi-square and p-value over tasks, or None when it does not apply."""
+        ok = [c for c in self.candidates if all(self.cells[t, c].mean is not None for t in self.tasks)]
+        if len(self.tasks) < 2 or len(ok) < 3:
+            return None
+        result = stats.friedmanchisquare(*[[self.cells[t, c].mean for t in self.tasks] for c in ok])
+        return float(result.statistic), float(result.pvalue)
+
+    def versus_baseline(self) -> dict[str, float]:
+        """Holm-corrected Wilcoxon signed-rank p-values of each candidate against the baseline."""
+        if self.baseline is None:
+            return {}
+        raw = {}
+        for c in self.candidates:
+            if c == self.baseline:
+                continue
+            a, b = [], []
+            for t in self.tasks:
+                x, y = self.cells[t, c].accuracies, self.cells[t, self.baseline].accuracies
+                a += x[: len(y)]
+                b += y[: len(x)]
+            diffs = np.subtract(a, b)
+            if len(diffs) and np.any(diffs != 0):
+                raw[c] = float(stats.wilcoxon(a, b).pvalue)
+            elif len(diffs):
+                raw[c] = 1.0
+        return holm(raw)
+
+    def records(self) -> list[dict[str, Any]]:
+        ranks = self.average_ranks()
+        pvalues = self.versus_baseline()
+        return [
+            {
+                "task": t,
+                "candidate": c,
+                "mean": cell.mean,
+                "ci95": cell.ci95,
+                "n": len(cell.accuracies),
+                "accuracies": cell.accuracies,
+                "average_rank": ranks[c],
+                "p_vs_baseline": pvalues.get(c),
+                "error": cell.error,
+                **cell.costs,
+            }
+            for (t, c), cell in self.cells.items()
+        ]
+
+
+def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (monotone, capped at 1)."""
+    order = sorted(pvalues, key=pvalues.get)
+    m, running, adjusted = len(order), 0.0, {}
+    for i, key in enumerate(order):
+        running = max(running, min(1.0, (m - i) * pvalues[key]))
+        adjusted[key] = running
+    return adjusted
+
+
+# ---------------------------------------------------------------- protocol -> pair specs
+
+
+def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Registry) -> tuple[_Protocol, dict]:
+    """Validate a protocol and build the search spec of every (task, candidate) pair."""
+    file, tree = None, None
+    if isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        file = str(source)
+        try:
+            text = Path(source).read_text()
+            raw, tree = yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+        except OSError as exc:
+            raise SpecError(f"cannot read the protocol: {exc.strerror}", file=file) from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            raise SpecError(
+                f"invalid YAML: {exc.problem}", file=file, line=mark and mark.line + 1, column=mark and mark.column + 1
+            ) from None
+    try:
+        proto = _Protocol.model_validate(raw if isinstance(raw, dict) else {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        line, col = _locate(tree, tuple(err["loc"]))
+        path = ".".join(map(str, err["loc"]))
+        raise SpecError(err["msg"], file=file, path=path, line=line, column=col) from None
+
+    def fail(path: tuple, message: str) -> SpecError:
+        line, col = _locate(tree, path)
+        return SpecError(message, file=file, path=".".join(map(str, path)), line=line, column=col)
+
+    if proto.kind not in SEARCHED_KINDS:
+        raise fail(("kind",), unknown_name_message("kind", proto.kind, SEARCHED_KINDS))
+    candidates = proto.candidates or registry.names(proto.kind)
+    for i, name in enumerate(candidates):
+        if (proto.kind, name) not in registry:
+            raise fail(("candidates", i), unknown_name_message(proto.kind, name, registry.names(proto.kind)))
+    if proto.baseline is not None and proto.baseline not in candidates:
+        raise fail(("baseline",), f"baseline {proto.baseline!r} is not among the candidates {candidates}")
+    proto.candidates = candidates
+    specs = {}
+    for i, task in enumerate(proto.tasks):
+        for cand in candidates:
+            space = {**proto.space, proto.kind: [cand]}
+            raw_spec = {
+                "name": f"{proto.name}.{task.name}.{cand}",
+                "data": task.data,
+                "model": proto.model,
+                "space": space,
+                "train": {**proto.train, **proto.tune},
+                "search": {"pruner": "none", **proto.search, "trials": proto.trials},
+            }
+            try:
+                specs[task.name, cand] = load_spec(raw_spec, registry)
+            except SpecError as exc:
+                if exc.path and exc.path.startswith(f"space.{proto.kind}."):
+                    specs[task.name, cand] = exc  # an incompatible candidate: shown in its cell
+                    continue
+                raise fail(("tasks", i), f"{exc.path}: {exc.message}" if exc.path else exc.message) from None
+    return proto, specs
+
+
+# ---------------------------------------------------------------- running
+
+
+def _retrain(spec: SearchSpec, config, seed: int, registry: Registry) -> dict[str, float]:
+    data = load_data(config.dataset, config.val_fraction, config.test_fraction, spec.search.seed, registry)
+    if len(data.x_test) == 0:
+        raise SpecError("the comparison scores on a test split: give the task test_fraction > 0", path="tasks.data")
+    torch.manual_seed(seed)
+    model = build_model(config, data.x_train[: int(config.train["batch_size"])], registry)
+    result = fit(
+        model,
+        data,
+        config.train,
+        config.epochs,
+        x_eval=data.x_test,
+        y_eval=data.y_test,
+        methods=build_training_methods(config, registry),
+    )
+    return {"test_accuracy": result.metrics["val_accuracy"], **{k: result.metrics[k] for k in COST_KEYS}}
+
+
+def run_pair(task: str, cand: str, spec: SearchSpec, seeds: int, registry: Registry) -> Cell:
+    """Tune, then retrain the best setting once per seed; finished seeds are kept on the study."""
+    cell = Cell(task, cand)
+    results = search(spec, registry=registry)
+    best = results.best
+    if best is None:
+        reasons = {t.reason for t in results.trials if t.reason}
+        cell.error = "; ".join(sorted(reasons)) or "no trial completed"
+        return cell
+    study = open_search_study(spec)
+    done: dict[str, dict] = dict(study.user_attrs.get("seed_results", {}))
+    for seed in range(seeds):
+        if str(seed) not in done:
+            try:
+                done[str(seed)] = _retrain(spec, best.config, seed, registry)
+            except TrialFailed as exc:
+                done[str(seed)] = {"error": str(exc)}
+            study.set_user_attr("seed_results", done)
+    runs = [done[str(s)] for s in range(seeds)]
+    errors = [r["error"] for r in runs if "error" in r]
+    cell.accuracies = [r["test_accuracy"] for r in runs if "error" not in r]
+    cell.error = errors[0] if errors else None
+    ok = [r for r in runs if "error" not in r]
+    cell.costs = {k: float(np.mean([r[k] for r in ok])) for k in COST_KEYS} if ok else {}
+    return cell
+
+
+def compare(
+    source: str | os.PathLike | Mapping[str, Any],
+    registry: Registry | None = None,
+    on_cell: Callable[[Cell], None] | None = None,
+) -> Comparison:
+    """Run (or resume) a comparison protocol and return its table; ``on_cell`` sees each finished pair.
+
+    >>> table = autonorm.compare("search_spaces/compare_normalizations.yaml")  # doctest: +SKIP
+    >>> table.records()[0]["mean"]  # doctest: +SKIP
+    """
+    registry = registry or get_registry()
+    proto, specs = load_protocol(source, registry)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    cells = {}
+    for (task, cand), spec in specs.items():
+        if isinstance(spec, SpecError):
+            cells[task, cand] = Cell(task, cand, error=f"incompatible: {spec.message}")
+        else:
+            cells[task, cand] = run_pair(task, cand, spec, proto.seeds, registry)
+        if on_cell is not None:
+            on_cell(cells[task, cand])
+    return Comparison(
+        name=proto.name,
+        kind=proto.kind,
+        tasks=[t.name for t in proto.tasks],
+        candidates=list(proto.candidates),
+        baseline=proto.baseline,
+        cells=cells,
+    )

@@ -1,0 +1,67 @@
+"""A trial's resolved configuration: every choice made, as plain data.
+
+It is what a study stores per trial, what ``autonorm best`` writes and what
+:func:`autonorm.build_model` builds from, so it carries the input shape and class count too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from autonorm.errors import SpecError
+
+
+class ComponentChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = {}
+
+
+class TrialConfig(BaseModel):
+    """Everything needed to rebuild and retrain one trial."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: ComponentChoice
+    val_fraction: float
+    test_fraction: float
+    input_shape: tuple[int, ...]
+    num_classes: int
+    model: ComponentChoice
+    #: chosen component per kind (normalization, activation, pooling, head, initializer); a kind
+    #: excluded by another choice (FRN brings its own activation) is absent.
+    components: dict[str, ComponentChoice]
+    epochs: int
+    train: dict[str, Any]
+    seed: int = 0
+    #: seed of the train/validation/test split (the search's ``search.seed``), so the test split stays held out
+    data_seed: int = 0
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | dict[str, Any]) -> TrialConfig:
+        """From a mapping or a YAML file written by ``autonorm best``."""
+        file = None
+        if not isinstance(source, dict):
+            file = str(source)
+            try:
+                source = yaml.safe_load(Path(source).read_text())
+            except OSError as exc:
+                raise SpecError(f"cannot read the configuration: {exc.strerror}", file=file) from None
+            except yaml.YAMLError as exc:
+                raise SpecError(f"invalid YAML: {exc}", file=file) from None
+        try:
+            return cls.model_validate(source)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise SpecError(err["msg"], file=file, path=".".join(map(str, err["loc"]))) from None
+
+    def summary(self) -> str:
+        """``resnet | batchnorm | relu | avg | linear | kaiming``-style one-liner."""
+        return " | ".join([self.model.name, *(c.name for c in self.components.values())])

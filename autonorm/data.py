@@ -1,0 +1,119 @@
+"""Datasets as tensors: what a dataset plugin returns, and the fixed train/validation/test split.
+
+A dataset plugin's factory returns :class:`Arrays` (features ``(N, C, L)`` or ``(N, C, H, W)`` and
+integer labels). The split is stratified and seeded, so every trial of a study sees the same one;
+features are standardized per channel with statistics of the training split only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from autonorm.config import ComponentChoice
+from autonorm.errors import SpecError
+from autonorm.registry import Registry, get_registry
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """What a dataset plugin returns. Explicit validation or test arrays replace the random split."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class Data:
+    """Train, validation and test tensors (float32 features, int64 labels) on the CPU."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def load_data(
+    dataset: ComponentChoice,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int = 0,
+    registry: Registry | None = None,
+) -> Data:
+    """Load a dataset by its plugin name and split it; cached per process for repeated trials."""
+    key = json.dumps(dataset.params, sort_keys=True, default=str)
+    return _load(dataset.name, key, val_fraction, test_fraction, seed, registry or get_registry())
+
+
+@functools.lru_cache(maxsize=4)
+def _load(
+    name: str, params_json: str, val_fraction: float, test_fraction: float, seed: int, registry: Registry
+) -> Data:
+    comp = registry.get("dataset", name)
+    arrays = comp.bind(json.loads(params_json))()
+    _check_arrays(name, arrays)
+    x, y = arrays.x, arrays.y
+    if arrays.x_test is not None:
+        x_test, y_test = arrays.x_test, arrays.y_test
+    elif test_fraction > 0:
+        x, x_test, y, y_test = _split(x, y, test_fraction, seed)
+    else:
+        x_test, y_test = x[:0], y[:0]
+    if arrays.x_val is not None:
+        x_val, y_val = arrays.x_val, arrays.y_val
+    else:
+        x, x_val, y, y_val = _split(x, y, val_fraction, seed + 1)
+    reduce = (0, *range(2, x.ndim))
+    mean = x.mean(axis=reduce, keepdims=True)
+    std = x.std(axis=reduce, keepdims=True) + 1e-6
+
+    def features(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((a - mean) / std).astype(np.float32))
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+    num_classes = arrays.num_classes or int(max(y.max(), y_val.max(), y_test.max(initial=0))) + 1
+    return Data(features(x), labels(y), features(x_val), labels(y_val), features(x_test), labels(y_test), num_classes)
+
+
+def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify))
+
+
+def _check_arrays(name: str, arrays: Arrays) -> None:
+    where = f"dataset {name}"
+    pairs = [("x", "y"), ("x_val", "y_val"), ("x_test", "y_test")]
+    for xs, ys in pairs:
+        x, y = getattr(arrays, xs), getattr(arrays, ys)
+        if x is None and y is None:
+            continue
+        if x is None or y is None:
+            raise SpecError(f"'{xs}' and '{ys}' must be given together", path=where)
+        if x.ndim not in (3, 4):
+            raise SpecError(f"'{xs}' must have shape (N, C, L) or (N, C, H, W), got {x.shape}", path=where)
+        if y.ndim != 1 or len(y) != len(x):
+            raise SpecError(f"'{ys}' must be one integer label per row of '{xs}', got shape {y.shape}", path=where)
+        if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            raise SpecError(f"'{ys}' must hold non-negative integer class labels", path=where)
+        if x.shape[1:] != arrays.x.shape[1:]:
+            raise SpecError(f"'{xs}' has samples of shape {x.shape[1:]}, 'x' of {arrays.x.shape[1:]}", path=where)

@@ -1,0 +1,231 @@
+"""What the commands print: rich tables for plugins and leaderboards, and the live search progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+import optuna
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from autonorm.registry import Registry
+from autonorm.results import StudyResults, TrialRecord
+from autonorm.spec import SEARCHED_KINDS, TRAIN_PARAMS, SearchSpec
+
+
+def plugins_table(registry: Registry, kind: str | None = None) -> Table:
+    table = Table(title="autonorm components", title_justify="left")
+    for column in ("kind", "name", "package", "batch stats", "parameters (default in search range)", "summary"):
+        table.add_column(column, overflow="fold")
+    for comp in registry.components(kind):
+        params = "\n".join(f"{k}: {p}" for k, p in comp.params.items()) or "-"
+        package = f"{comp.package} {comp.version}".strip() or comp.plugin
+        table.add_row(comp.kind, comp.name, package, "yes" if comp.batch_dependent else "no", params, comp.summary)
+    return table
+
+
+def failures_table(registry: Registry) -> Table:
+    table = Table(title="plugins that failed to load", title_justify="left", style="red")
+    for column in ("plugin", "package", "error"):
+        table.add_column(column, overflow="fold")
+    for failure in registry.failures:
+        table.add_row(failure.plugin, failure.package or "-", failure.error)
+    return table
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
+    """Best trials first; of the component kinds and training settings, only those that vary are shown."""
+    configs = [t.config for t in results.trials if t.config is not None]
+    kinds = [k for k in SEARCHED_KINDS if len({_choice(c.components.get(k)) for c in configs}) > 1]
+    train_keys = [k for k in TRAIN_PARAMS if len({repr(c.train.get(k)) for c in configs}) > 1]
+    table = Table(
+        title=f"{results.name}: top {limit} by {results.objective} ({results.direction})", title_justify="left"
+    )
+    pareto = {t.number for t in results.pareto_front} if results.multi_objective else None
+    states = ["state", "pareto"] if pareto is not None else ["state"]
+    for column in ("#", "trial", *states, results.objective, *kinds, *train_keys, "params", "train s", "latency ms"):
+        table.add_column(column, justify="right" if column in ("#", "trial") else "left")
+    for rank, t in enumerate(results.leaderboard(limit), 1):
+        comps = t.config.components if t.config else {}
+        train = t.config.train if t.config else {}
+        table.add_row(
+            str(rank),
+            str(t.number),
+            t.state,
+            *(["yes" if t.number in pareto else ""] if pareto is not None else []),
+            _fmt(t.value),
+            *(_choice(comps.get(kind)) for kind in kinds),
+            *(_fmt(train.get(key), 3) for key in train_keys),
+            _fmt(int(t.metrics["params"]) if "params" in t.metrics else None),
+            _fmt(t.metrics.get("train_seconds"), 3),
+            _fmt(t.metrics.get("latency_ms"), 3),
+        )
+    return table
+
+
+def pareto_table(results: StudyResults) -> Table:
+    """The trials of a multi-objective study that no other trial beats on every objective."""
+    arrows = {"maximize": "↑", "minimize": "↓"}
+    table = Table(
+        title=f"{results.name}: Pareto front over "
+        + ", ".join(f"{o} {arrows[d]}" for o, d in zip(results.objectives, results.directions, strict=True)),
+        title_justify="left",
+    )
+    for column in ("trial", *results.objectives, "configuration"):
+        table.add_column(column, justify="right" if column != "configuration" else "left", overflow="fold")
+    for t in results.pareto_front:
+        table.add_row(str(t.number), *(_fmt(v) for v in t.values), t.config.summary() if t.config else "-")
+    return table
+
+
+def trial_json(record: TrialRecord, objectives: list[str]) -> str:
+    """One finished trial as a line of JSON, for scripts and CI logs."""
+    values = dict(zip(objectives, record.values, strict=False)) if record.values else None
+    return json.dumps(
+        {
+            "number": record.number,
+            "state": record.state,
+            "value": record.value,
+            "values": values,
+            "reason": record.reason,
+            "config": record.config.summary() if record.config else None,
+            "metrics": record.metrics,
+        }
+    )
+
+
+class JsonLinesReporter:
+    """Writes one JSON object per finished trial to ``stream``; use its :meth:`callback` with Optuna."""
+
+    def __init__(self, objectives: list[str], stream: IO[str] | None = None) -> None:
+        self.objectives = objectives
+        self.stream = stream
+
+    def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        stream = self.stream or sys.stdout  # looked up per call, so redirections made later still apply
+        stream.write(trial_json(TrialRecord.from_frozen(trial), self.objectives) + "\n")
+        stream.flush()
+
+
+def _choice(choice: Any) -> str:
+    if choice is None:
+        return "-"
+    params = ", ".join(f"{k}={_fmt(v, 3)}" for k, v in choice.params.items())
+    return f"{choice.name}({params})" if params else choice.name
+
+
+def failed_table(results: StudyResults) -> Table | None:
+    failed = [t for t in results.trials if t.state == "failed"]
+    if not failed:
+        return None
+    table = Table(title="failed trials", title_justify="left", style="yellow")
+    table.add_column("trial", justify="right")
+    table.add_column("configuration")
+    table.add_column("reason", overflow="fold")
+    for t in failed:
+        table.add_row(str(t.number), t.config.summary() if t.config else "-", t.reason or "-")
+    return table
+
+
+def best_panel(best: TrialRecord | None, objective: str) -> Panel:
+    if best is None or best.config is None:
+        return Panel("no trial completed yet", title="best configuration")
+    lines = [f"trial {best.number}: {objective} = {_fmt(best.value)}", f"model: {_choice(best.config.model)}"]
+    lines += [f"{kind}: {_choice(c)}" for kind, c in best.config.components.items()]
+    lines.append("train: " + ", ".join(f"{k}={_fmt(v, 3)}" for k, v in best.config.train.items()))
+    return Panel("\n".join(lines), title="best configuration", title_align="left")
+
+
+def summary(results: StudyResults) -> str:
+    counts = ", ".join(f"{results.count(s)} {s}" for s in ("complete", "pruned", "failed"))
+    return f"study {results.name} in {results.storage}: {len(results.trials)} trials ({counts})"
+
+
+class SearchProgress:
+    """A live progress bar over the trials of one search; use its :meth:`callback` with Optuna."""
+
+    def __init__(self, spec: SearchSpec, already_done: int, console: Console) -> None:
+        self.spec = spec
+        self.console = console
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+        self.best: float | None = None
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task(spec.name, total=spec.search.trials, completed=already_done, status="")
+        self.live = Live(Group(self.progress), console=console, refresh_per_second=4, transient=False)
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> SearchProgress:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.__exit__(*exc)
+
+    def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        record = TrialRecord.from_frozen(trial)
+        if record.state in self.counts:
+            self.counts[record.state] += 1
+        if record.state == "complete" and record.value is not None:
+            better = self.best is None or (
+                record.value > self.best if self.spec.search.direction == "maximize" else record.value < self.best
+            )
+            self.best = record.value if better else self.best
+        status = " ".join(f"{n} {s}" for s, n in self.counts.items())
+        best = f" best {self.spec.search.objectives[0]}={self.best:.4g}" if self.best is not None else ""
+        if self.spec.search.multi_objective and self.best is not None:
+            best += f", Pareto front {len(study.best_trials)} trials"
+        self.progress.update(self.task, advance=1 if record.counts_as_done else 0, status=status + best)
+
+
+def comparison_table(comparison: Any) -> Table:
+    """Mean test accuracy +- 95% CI per task and candidate, average rank, p vs baseline and costs."""
+    ranks = comparison.average_ranks()
+    pvalues = comparison.versus_baseline()
+    table = Table(title=f"{comparison.name}: {comparison.kind} compared on test accuracy", title_justify="left")
+    table.add_column(comparison.kind)
+    for task in comparison.tasks:
+        table.add_column(task, overflow="fold")
+    p_column = f"p vs {comparison.baseline}" if comparison.baseline else "p"
+    for column in ("avg rank", p_column, "params", "train s", "latency ms"):
+        table.add_column(column, justify="right")
+    for cand in sorted(comparison.candidates, key=ranks.get):
+        cells = [comparison.cells[t, cand] for t in comparison.tasks]
+        shown = [
+            f"{c.mean:.4f} ± {c.ci95:.4f} (n={len(c.accuracies)})" if c.mean is not None else f"[red]{c.error}[/red]"
+            for c in cells
+        ]
+        costs = [c.costs for c in cells if c.costs]
+        mean_cost = {k: sum(c[k] for c in costs) / len(costs) for k in costs[0]} if costs else {}
+        p = "baseline" if cand == comparison.baseline else _fmt(pvalues.get(cand), 3)
+        table.add_row(
+            cand,
+            *shown,
+            f"{ranks[cand]:.2f}",
+            p,
+            _fmt(int(mean_cost["params"]) if "params" in mean_cost else None),
+            _fmt(mean_cost.get("train_seconds"), 3),
+            _fmt(mean_cost.get("latency_ms"), 3),
+        )
+    return table

@@ -1,0 +1,35 @@
+"""The one exception type for mistakes a user can fix: caught once at the CLI and printed plainly."""
+
+from __future__ import annotations
+
+
+class SpecError(Exception):
+    """A user error, located: ``file:line:col: key.path: message``.
+
+    Any part of the location may be missing (a Python dict has no lines, a missing key no column).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        path: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.path = path
+        self.line = line
+        self.column = column
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ":".join(str(p) for p in (self.file, self.line, self.column) if p is not None)
+        parts = [p for p in (where, self.path) if p]
+        return ": ".join([*parts, self.message])
+
+
+class TrialFailed(Exception):
+    """A trial that cannot finish (diverged, incompatible input); its reason is recorded in the study."""

@@ -1,0 +1,118 @@
+"""``autonorm train``: the final model of a chosen configuration, trained once and saved.
+
+The search has spent the validation split on choosing, so the final model trains on the training
+and validation splits together and is scored on the held-out test split, the same split the search
+never saw (``TrialConfig.data_seed`` reproduces it). The output folder holds:
+
+- ``model.pt``: the state_dict (plain tensors; load with ``torch.load(..., weights_only=True)``),
+- ``config.yaml``: the resolved configuration, which :func:`autonorm.build_model` builds,
+- ``metrics.json``: test accuracy, balanced accuracy and loss, and the cost metrics.
+
+Where a training method evaluates another model than the one it trains (averaged weights, an EMA
+teacher), that evaluated model is what gets scored and saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autonorm.build import build_model, build_training_methods
+from autonorm.config import TrialConfig
+from autonorm.data import Data, load_data
+from autonorm.errors import SpecError
+from autonorm.registry import Registry, get_registry
+from autonorm.trainer import fit
+
+WEIGHTS_FILE = "model.pt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainedModel:
+    """The outcome of :func:`train`: the model (eval mode, on the CPU), its test metrics, where it was saved."""
+
+    model: nn.Module
+    config: TrialConfig
+    metrics: dict[str, float]
+    out_dir: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.out_dir / WEIGHTS_FILE
+
+
+def train(
+    config: TrialConfig | dict[str, Any] | str | os.PathLike,
+    out_dir: str | os.PathLike = "trained",
+    registry: Registry | None = None,
+) -> TrainedModel:
+    """Train ``config`` (a :class:`TrialConfig`, its dict, or a YAML file from ``autonorm best``) on
+    train + validation, score it on the test split, and save it under ``out_dir``.
+
+    >>> trained = autonorm.train("best.yaml", "final")  # doctest: +SKIP
+    >>> trained.metrics["test_accuracy"]  # doctest: +SKIP
+    0.97
+    """
+    config = config if isinstance(config, TrialConfig) else TrialConfig.load(config)
+    registry = registry or get_registry()
+    data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed, registry)
+    if len(data.x_test) == 0:
+        raise SpecError("no test split to score the final model on: use test_fraction > 0", path="data.test_fraction")
+    full = Data(
+        x_train=torch.cat([data.x_train, data.x_val]),
+        y_train=torch.cat([data.y_train, data.y_val]),
+        x_val=data.x_test,
+        y_val=data.y_test,
+        x_test=data.x_test,
+        y_test=data.y_test,
+        num_classes=data.num_classes,
+    )
+
+    torch.manual_seed(config.seed)
+    n = int(config.train["batch_size"])
+    model = build_model(config, full.x_train[:n], registry, sample_labels=full.y_train[:n])
+    methods = build_training_methods(config, registry)
+    result = fit(model, full, config.train, config.epochs, methods=methods)
+    evaluated = model
+    for method in methods:
+        evaluated = method.eval_model(evaluated)
+    final = _same_architecture(evaluated, model).cpu().eval()
+
+    metrics = {("test_" + key[4:] if key.startswith("val_") else key): v for key, v in result.metrics.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in final.state_dict().items()}
+    torch.save(state, out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(config.to_yaml())
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return TrainedModel(final, config, metrics, out)
+
+
+def load_trained(out_dir: str | os.PathLike, registry: Registry | None = None) -> nn.Module:
+    """The model :func:`train` saved in ``out_dir``: built from its configuration, weights loaded, eval mode."""
+    out = Path(out_dir)
+    model = build_model(TrialConfig.load(out / CONFIG_FILE), registry=registry)
+    model.load_state_dict(torch.load(out / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _same_architecture(evaluated: nn.Module, trained: nn.Module) -> nn.Module:
+    """The evaluated model as a module of the configuration's architecture (unwrapping e.g. an
+    ``AveragedModel``), so that ``build_model(config)`` loads its weights."""
+    keys = trained.state_dict().keys()
+    for candidate in (evaluated, getattr(evaluated, "module", None)):
+        if isinstance(candidate, nn.Module) and candidate.state_dict().keys() == keys:
+            return candidate
+    raise SpecError(
+        f"the model a training method evaluates ({type(evaluated).__name__}) is not the configuration's "
+        "architecture, so its weights cannot be saved for build_model",
+        path="components.training",
+    )

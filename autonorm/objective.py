@@ -1,0 +1,85 @@
+"""One trial, whatever the backend: sample a configuration, build, train, record.
+
+Every outcome is recorded on the trial: metrics and the configuration as user attributes, a failure's
+reason (and traceback for unexpected errors) as ``fail_reason``/``traceback``. Failures return NaN,
+which Optuna records as a failed trial, and the search goes on.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+
+from autonorm.build import build_model, build_training_methods
+from autonorm.data import Data
+from autonorm.errors import TrialFailed
+from autonorm.registry import Registry
+from autonorm.space import sample_config
+from autonorm.spec import SearchSpec
+from autonorm.trainer import fit
+
+
+def make_objective(
+    spec: SearchSpec, data: Data, registry: Registry
+) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
+    objectives = spec.search.objectives
+    objective_key = objectives[0]
+    # Optuna prunes single-objective studies only, and only on a metric reported every epoch.
+    prunable = not spec.search.multi_objective
+    failed = tuple(float("nan") for _ in objectives) if spec.search.multi_objective else float("nan")
+    hook = registry.plugin_manager.hook
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        def finish(state: str, metrics: dict[str, Any]) -> None:
+            hook.autonorm_trial_finished(study_name=spec.name, number=trial.number, state=state, metrics=metrics)
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            prune = prunable and objective_key in metrics
+            if prune:
+                trial.report(metrics[objective_key], epoch)
+            hook.autonorm_trial_reported(study_name=spec.name, number=trial.number, epoch=epoch, metrics=metrics)
+            if prune and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+
+        try:
+            config = sample_config(trial, spec, data.input_shape, data.num_classes)
+            trial.set_user_attr("config", config.model_dump(mode="json"))
+            hook.autonorm_trial_started(
+                study_name=spec.name, number=trial.number, config=config.model_dump(mode="json")
+            )
+            torch.manual_seed(config.seed)
+            n = int(config.train["batch_size"])
+            model = build_model(config, data.x_train[:n], registry, sample_labels=data.y_train[:n])
+            methods = build_training_methods(config, registry)
+            result = fit(model, data, config.train, config.epochs, report, methods=methods)
+            missing = [key for key in objectives if key not in result.metrics]
+            if missing:
+                raise TrialFailed(f"objective {', '.join(missing)} not measured here (peak memory needs CUDA)")
+        except optuna.TrialPruned:
+            finish("pruned", {})
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        except TrialFailed as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug fails its trial, not the search
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("traceback", traceback.format_exc())
+        else:
+            for key, value in result.metrics.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("history", result.history)
+            finish("complete", result.metrics)
+            if spec.search.multi_objective:
+                return tuple(result.metrics[key] for key in objectives)
+            return result.metrics[objective_key]
+        trial.set_user_attr("fail_reason", reason)
+        finish("failed", {"reason": reason})
+        return failed
+
+    return objective

@@ -1,0 +1,235 @@
+"""Hyperparameters: what a component declares, and the search domains a YAML file may give them.
+
+A component declares each of its hyperparameters with a type, a default and a default search range
+(``Float(0.1, 1e-3, 1.0, log=True)``). A search space may fix it, list choices or narrow the range;
+:func:`parse_domain` checks what the YAML says against the declaration, and a :class:`Domain` is
+sampled define-by-run from an Optuna trial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Float", "Int", "Choice", "Str", "Domain", "Fixed", "Categorical", "FloatRange", "IntRange", "parse_domain"]
+
+
+class DomainError(ValueError):
+    """A search domain that does not fit its declaration; the caller adds the location."""
+
+
+# ---------------------------------------------------------------- domains: what gets sampled
+
+
+class Domain:
+    """A set of values to sample one from."""
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        raise NotImplementedError
+
+    @property
+    def is_searched(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Fixed(Domain):
+    value: Any
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        return self.value
+
+    @property
+    def is_searched(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return repr(self.value)
+
+
+@dataclass(frozen=True)
+class Categorical(Domain):
+    choices: tuple
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if len(self.choices) == 1:
+            return self.choices[0]
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(map(str, self.choices)) + "}"
+
+
+@dataclass(frozen=True)
+class FloatRange(Domain):
+    low: float
+    high: float
+    log: bool = False
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def __str__(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+
+
+@dataclass(frozen=True)
+class IntRange(Domain):
+    low: int
+    high: int
+    log: bool = False
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log)
+
+    def __str__(self) -> str:
+        return f"[{self.low}, {self.high}]" + (" log" if self.log else "")
+
+
+# ---------------------------------------------------------------- declarations: what a component has
+
+
+@dataclass(frozen=True)
+class Float:
+    """A real hyperparameter: default value and default search range."""
+
+    default: float
+    low: float
+    high: float
+    log: bool = False
+
+    type_name = "number"
+
+    def check(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DomainError(f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def default_domain(self) -> Domain:
+        return FloatRange(self.low, self.high, self.log)
+
+    def range_domain(self, low: Any, high: Any, log: bool) -> Domain:
+        return FloatRange(self.check(low), self.check(high), log)
+
+    def __str__(self) -> str:
+        return f"{self.default:g} in {self.default_domain()}"
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer hyperparameter: default value and default search range."""
+
+    default: int
+    low: int
+    high: int
+    log: bool = False
+
+    type_name = "integer"
+
+    def check(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DomainError(f"expected an integer, got {value!r}")
+        return value
+
+    def default_domain(self) -> Domain:
+        return IntRange(self.low, self.high, self.log)
+
+    def range_domain(self, low: Any, high: Any, log: bool) -> Domain:
+        return IntRange(self.check(low), self.check(high), log)
+
+    def __str__(self) -> str:
+        return f"{self.default} in {self.default_domain()}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A hyperparameter with a fixed set of values (strings, booleans, numbers)."""
+
+    default: Any
+    choices: tuple
+
+    type_name = "choice"
+
+    def check(self, value: Any) -> Any:
+        if value not in self.choices:
+            raise DomainError(f"expected one of {list(self.choices)}, got {value!r}")
+        return value
+
+    def default_domain(self) -> Domain:
+        return Categorical(tuple(self.choices))
+
+    def range_domain(self, low: Any, high: Any, log: bool) -> Domain:
+        raise DomainError(f"a range does not apply to a choice; list values from {list(self.choices)}")
+
+    def __str__(self) -> str:
+        return f"{self.default!r} in {self.default_domain()}"
+
+
+@dataclass(frozen=True)
+class Str:
+    """A free-text hyperparameter, such as a file path; never searched."""
+
+    default: str
+
+    type_name = "text"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise DomainError(f"expected text, got {value!r}")
+        return value
+
+    def default_domain(self) -> Domain:
+        return Fixed(self.default)
+
+    def range_domain(self, low: Any, high: Any, log: bool) -> Domain:
+        raise DomainError("a range does not apply to text")
+
+    def __str__(self) -> str:
+        return repr(self.default)
+
+
+Param = Float | Int | Choice | Str
+
+_RANGE_FORMS = {"uniform": False, "loguniform": True, "range": False, "logrange": True}
+
+
+def parse_domain(param: Param, raw: Any) -> Domain:
+    """Turn what a YAML file gives for ``param`` into a :class:`Domain`.
+
+    ``3`` fixes it; ``[2, 4, 8]`` lists choices; ``{low: 1e-3, high: 1, log: true}``,
+    ``{uniform: [a, b]}`` or ``{loguniform: [a, b]}`` give a range.
+    """
+    if isinstance(raw, list):
+        if not raw:
+            raise DomainError("empty list of choices")
+        values = tuple(param.check(v) for v in raw)
+        if len(set(map(repr, values))) != len(values):
+            raise DomainError(f"repeated choices in {raw!r}")
+        return Categorical(values)
+    if isinstance(raw, dict):
+        return _parse_range(param, raw)
+    return Fixed(param.check(raw))
+
+
+def _parse_range(param: Param, raw: dict) -> Domain:
+    if set(raw) <= {"low", "high", "log"} and {"low", "high"} <= set(raw):
+        low, high, log = raw["low"], raw["high"], raw.get("log", False)
+        if not isinstance(log, bool):
+            raise DomainError(f"'log' must be true or false, got {log!r}")
+    elif len(raw) == 1 and next(iter(raw)) in _RANGE_FORMS:
+        form, bounds = next(iter(raw.items()))
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise DomainError(f"'{form}' expects a list [low, high], got {bounds!r}")
+        (low, high), log = bounds, _RANGE_FORMS[form]
+    else:
+        raise DomainError(
+            f"expected a value, a list of choices, {{low: .., high: .., log: ..}} or one of "
+            f"{{{', '.join(f'{k}: [low, high]' for k in _RANGE_FORMS)}}}, got {raw!r}"
+        )
+    domain = param.range_domain(low, high, log)
+    if not domain.low < domain.high:
+        raise DomainError(f"empty or inverted range: low {domain.low} must be below high {domain.high}")
+    if log and domain.low <= 0:
+        raise DomainError(f"a log range needs low > 0, got {domain.low}")
+    return domain

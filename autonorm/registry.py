@@ -1,0 +1,204 @@
+"""Components by (kind, name), discovered through the ``autonorm`` entry-point group with pluggy.
+
+Built-in and third-party plugins are found the same way: each entry point names a module whose
+``autonorm_components`` hook returns :class:`Component` declarations. A plugin that fails to import
+or whose hook raises is recorded in :attr:`Registry.failures` and the others still load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from autonorm import hookspecs
+from autonorm.params import Param
+
+ENTRY_POINT_GROUP = "autonorm"
+
+#: Every kind of component, in the order a configuration is resolved.
+KINDS = (
+    "dataset",
+    "model",
+    "normalization",
+    "activation",
+    "pooling",
+    "downsampling",
+    "head",
+    "initializer",
+    "augmentation",
+    "training",
+)
+
+#: Kinds whose components are nothing but a :class:`~autonorm.training_method.TrainingMethod`:
+#: their factory is ``f(**params) -> TrainingMethod``.
+METHOD_KINDS = ("augmentation", "training")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One method, declared by a plugin.
+
+    ``factory`` is called with the kind's positional arguments (see :mod:`autonorm.build`) and the
+    component's hyperparameters as keywords. ``requires`` and ``excludes`` hold ``"kind"`` or
+    ``"kind:name"``: excluding a kind means it is not chosen at all alongside this component (FRN
+    brings its own activation); excluding or requiring ``kind:name`` rules combinations out or in.
+    """
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: Mapping[str, Param] = field(default_factory=dict)
+    batch_dependent: bool = False
+    requires: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    #: activations only: output channels per input channel (pairwise activations give 0.5).
+    channel_ratio: float = 1.0
+    #: normalizations only: an activation factory ``f(num_channels)`` that replaces the searched one; it also
+    #: receives those of the component's hyperparameters that its signature names (see :meth:`bind_own_activation`).
+    own_activation: Callable[..., Any] | None = None
+    #: normalizations only: a conv factory ``f(dims, in_channels, out_channels, kernel_size, *, stride, padding,
+    #: bias) -> nn.Module`` that replaces every conv a backbone places before a normalization (e.g. weight
+    #: standardization).
+    conv: Callable[..., Any] | None = None
+    #: any kind: ``f(**params) -> TrainingMethod`` the trainer calls when this component is chosen;
+    #: for the kinds in :data:`METHOD_KINDS` it defaults to ``factory``.
+    training_method: Callable[..., Any] | None = None
+    #: normalizations only: ``f(head, num_classes, **params) -> nn.Module`` wrapping the classifier head
+    #: (MimicNorm puts a BatchNorm on the logits).
+    head_wrapper: Callable[..., Any] | None = None
+    doc: str = ""
+    plugin: str = ""
+    package: str = ""
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"component {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        if not self.doc:
+            object.__setattr__(self, "doc", inspect.getdoc(self.factory) or "")
+        if self.kind in METHOD_KINDS and self.training_method is None:
+            object.__setattr__(self, "training_method", self.factory)
+        if self.own_activation is not None and "activation" not in self.excludes:
+            object.__setattr__(self, "excludes", (*self.excludes, "activation"))
+
+    @property
+    def summary(self) -> str:
+        """The first line of the docstring."""
+        return self.doc.strip().split("\n", 1)[0] if self.doc else ""
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: p.default for name, p in self.params.items()}
+
+    def bind(self, params: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+        """The factory with this component's hyperparameters filled in (defaults for missing ones)."""
+        return functools.partial(self.factory, **{**self.defaults(), **(params or {})})
+
+    def bind_own_activation(self, params: Mapping[str, Any] | None = None) -> Callable[..., Any] | None:
+        """``own_activation`` with the hyperparameters its signature names filled in (an IC layer's dropout rate)."""
+        if self.own_activation is None:
+            return None
+        accepted = inspect.signature(self.own_activation).parameters
+        values = {**self.defaults(), **(params or {})}
+        return functools.partial(self.own_activation, **{k: v for k, v in values.items() if k in accepted})
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    plugin: str
+    package: str
+    error: str
+
+
+class Registry:
+    """Holds the discovered components; look them up with :meth:`get`."""
+
+    def __init__(self) -> None:
+        self._components: dict[tuple[str, str], Component] = {}
+        self.failures: list[PluginFailure] = []
+        self.plugin_manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.plugin_manager.add_hookspecs(hookspecs)
+
+    # -- filling
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        for ep in entry_points(group=group):
+            package = _package_of(ep)
+            if self.plugin_manager.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+                self.failures.append(PluginFailure(ep.name, package, f"{type(exc).__name__}: {exc}"))
+                continue
+            self.register(plugin, ep.name, package)
+
+    def register(self, plugin: Any, name: str | None = None, package: str = "") -> None:
+        """Register a plugin object (usually a module) and collect its components."""
+        name = self.plugin_manager.register(plugin, name=name)
+        for impl in self.plugin_manager.hook.autonorm_components.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            try:
+                components = list(impl.function())
+                for comp in components:
+                    self._add(comp, name, package)
+            except Exception as exc:  # noqa: BLE001
+                self.failures.append(PluginFailure(name, package, f"{type(exc).__name__}: {exc}"))
+
+    def _add(self, comp: Component, plugin: str, package: str) -> None:
+        if not isinstance(comp, Component):
+            raise TypeError(f"autonorm_components returned {comp!r}, not a Component")
+        key = (comp.kind, comp.name)
+        if key in self._components:
+            other = self._components[key]
+            raise ValueError(f"{comp.kind} {comp.name!r} is already registered by plugin {other.plugin!r}")
+        name, _, version = package.partition(" ")
+        self._components[key] = replace(comp, plugin=plugin, package=name, version=version)
+
+    # -- lookup
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return self._components[(kind, name)]
+        except KeyError:
+            raise KeyError(unknown_name_message(kind, name, self.names(kind))) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for k, n in self._components if k == kind)
+
+    def components(self, kind: str | None = None) -> list[Component]:
+        return [c for (k, _), c in sorted(self._components.items()) if kind in (None, k)]
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._components
+
+
+def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (known: {', '.join(known) or 'none installed'})"
+
+
+def _package_of(ep: Any) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else ""
+
+
+@functools.cache
+def _default_registry() -> Registry:
+    registry = Registry()
+    registry.load_entry_points()
+    return registry
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The registry of every installed plugin, loaded once per process (``refresh`` reloads it)."""
+    if refresh:
+        _default_registry.cache_clear()
+    return _default_registry()

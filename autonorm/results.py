@@ -1,0 +1,189 @@
+"""Reading a study back: trials with their configurations, metrics and failure reasons; the best one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autonorm.config import TrialConfig
+from autonorm.errors import SpecError
+from autonorm.spec import OBJECTIVE_DIRECTIONS
+from autonorm.storage import mask_url, open_storage
+
+_STATES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+
+#: User attributes that hold metrics recorded by the trainer.
+METRIC_KEYS = (
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_loss",
+    "train_loss",
+    "train_seconds",
+    "params",
+    "latency_ms",
+    "peak_memory_mb",
+)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the user sees it."""
+
+    number: int
+    state: str
+    #: The (first) objective's value; for a pruned trial, its last reported one.
+    value: float | None
+    config: TrialConfig | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    #: Every objective's value of a completed trial, in the study's order (one for a single objective).
+    values: tuple[float, ...] = ()
+
+    @classmethod
+    def from_frozen(cls, t: FrozenTrial) -> TrialRecord:
+        values = tuple(t.values) if t.state == TrialState.COMPLETE and t.values else ()
+        value = values[0] if values else _last(t.intermediate_values)
+        config = t.user_attrs.get("config")
+        return cls(
+            number=t.number,
+            state=_STATES[t.state],
+            value=value if value is not None and math.isfinite(value) else None,
+            config=TrialConfig.model_validate(config) if config else None,
+            metrics={k: t.user_attrs[k] for k in METRIC_KEYS if k in t.user_attrs},
+            reason=t.user_attrs.get("fail_reason"),
+            params=dict(t.params),
+            values=values,
+        )
+
+    @property
+    def counts_as_done(self) -> bool:
+        """Finished for good: completed, pruned, or failed for a recorded reason other than an interruption."""
+        if self.state in ("complete", "pruned"):
+            return True
+        return self.state == "failed" and bool(self.reason) and not self.reason.startswith("interrupted")
+
+
+def _last(values: dict[int, float]) -> float | None:
+    return values[max(values)] if values else None
+
+
+@dataclass
+class StudyResults:
+    """A study's trials, newest state, and its best trial.
+
+    ``objective``/``direction`` are the first objective's; a multi-objective study lists all of them
+    in ``objectives``/``directions``, ranks its leaderboard by the first and has a :attr:`pareto_front`.
+    """
+
+    name: str
+    storage: str
+    objective: str
+    direction: str
+    trials: list[TrialRecord]
+    objectives: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.objectives = self.objectives or [self.objective]
+        self.directions = self.directions or [self.direction, *(OBJECTIVE_DIRECTIONS[o] for o in self.objectives[1:])]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The best completed trial by the first objective, or None if no trial completed."""
+        ranked = self.leaderboard()
+        return ranked[0] if ranked and ranked[0].state == "complete" else None
+
+    @property
+    def pareto_front(self) -> list[TrialRecord]:
+        """Completed trials that no other completed trial dominates on every objective, best first."""
+        signs = [-1.0 if d == "maximize" else 1.0 for d in self.directions]
+        points = [
+            (t, tuple(s * v for s, v in zip(signs, t.values, strict=True)))
+            for t in self.trials
+            if t.state == "complete" and len(t.values) == len(signs) and all(map(math.isfinite, t.values))
+        ]
+
+        def dominated(p: tuple[float, ...]) -> bool:
+            return any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p for _, q in points)
+
+        return sorted((t for t, p in points if not dominated(p)), key=lambda t: (signs[0] * t.values[0], t.number))
+
+    def choose(
+        self, by: str | None = None, at_most: dict[str, float] | None = None, at_least: dict[str, float] | None = None
+    ) -> TrialRecord | None:
+        """The completed trial best on metric ``by`` (default: the first objective) among those whose
+        metrics satisfy every bound, e.g. ``choose(at_most={"latency_ms": 0.5})``; None if none does."""
+        by = by or self.objective
+        sign = -1.0 if OBJECTIVE_DIRECTIONS.get(by, "maximize") == "maximize" else 1.0
+        bounds = [(k, v, 1.0) for k, v in (at_most or {}).items()] + [(k, v, -1.0) for k, v in (at_least or {}).items()]
+
+        def ok(t: TrialRecord) -> bool:
+            return by in t.metrics and all(k in t.metrics and s * t.metrics[k] <= s * v for k, v, s in bounds)
+
+        feasible = [t for t in self.trials if t.state == "complete" and ok(t)]
+        return min(feasible, key=lambda t: (sign * t.metrics[by], t.number), default=None)
+
+    def leaderboard(self, limit: int | None = None) -> list[TrialRecord]:
+        """Completed trials best first, then pruned ones (by their last reported value)."""
+        sign = -1.0 if self.direction == "maximize" else 1.0
+
+        def key(t: TrialRecord) -> tuple:
+            return (t.state != "complete", sign * t.value)
+
+        ranked = sorted((t for t in self.trials if t.state in ("complete", "pruned") and t.value is not None), key=key)
+        return ranked[:limit] if limit else ranked
+
+    def count(self, state: str) -> int:
+        return sum(t.state == state for t in self.trials)
+
+
+def default_storage(name: str) -> str:
+    return f"sqlite:///{name}.db"
+
+
+def load_study(name: str, storage: str | None = None) -> StudyResults:
+    """Load a study by name from ``storage`` (default: ``sqlite:///NAME.db`` in the working directory)."""
+    url = storage or default_storage(name)
+    return results_of(open_study(name, url), url)
+
+
+def open_study(name: str, storage: str | None = None) -> optuna.Study:
+    """The Optuna study itself (for plots and importances); same defaults and errors as :func:`load_study`."""
+    url = storage or default_storage(name)
+    backend = open_storage(url, must_exist=True)
+    try:
+        return optuna.load_study(study_name=name, storage=backend)
+    except KeyError:
+        names = optuna.get_all_study_names(backend)
+        raise SpecError(
+            f"no study {name!r} in {mask_url(url)} (studies there: {', '.join(names) or 'none'})", path="study"
+        ) from None
+
+
+def results_of(study: optuna.Study, url: str) -> StudyResults:
+    attrs = study.user_attrs
+    directions = [d.name.lower() for d in study.directions]
+    return StudyResults(
+        name=study.study_name,
+        storage=mask_url(url),
+        objective=attrs.get("objective", "val_accuracy"),
+        direction=directions[0],
+        trials=[TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)],
+        objectives=attrs.get("objectives", [attrs.get("objective", "val_accuracy")]),
+        directions=directions,
+    )

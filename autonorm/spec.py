@@ -1,0 +1,394 @@
+"""The search-space file: YAML (``safe_load`` only) -> a validated :class:`SearchSpec`.
+
+Two passes: pydantic checks the shape and types of the sections, then every component name and
+hyperparameter domain is checked against the plugin registry. Every mistake becomes a
+:class:`~autonorm.errors.SpecError` naming the file, line, column and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from autonorm.config import ComponentChoice
+from autonorm.errors import SpecError
+from autonorm.params import Choice, Domain, DomainError, Fixed, Float, Int, Param, parse_domain
+from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
+
+#: Kinds a search space chooses among, with the component used when the space does not mention them.
+SEARCHED_KINDS = {
+    "normalization": "batchnorm",
+    "activation": "relu",
+    "pooling": "avg",
+    "downsampling": "strided_conv",
+    "head": "linear",
+    "initializer": "kaiming",
+    "augmentation": "none",
+    "training": "none",
+}
+
+#: Training hyperparameters: searched like a component's own, fixed to the default when omitted.
+TRAIN_PARAMS: dict[str, Param] = {
+    "batch_size": Int(64, 8, 256, log=True),
+    "optimizer": Choice("sgd", ("sgd", "adam", "adamw")),
+    "lr": Float(0.05, 1e-3, 0.5, log=True),
+    "weight_decay": Float(5e-4, 1e-6, 1e-2, log=True),
+    "momentum": Float(0.9, 0.0, 0.99),
+    "schedule": Choice("cosine", ("cosine", "constant")),
+}
+
+#: Written for a hyperparameter, searches it over the range its component declares.
+SEARCH_KEYWORD = "search"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    dataset: str = "digits"
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    backbone: str = "resnet"
+
+
+class _Train(_Section):
+    epochs: PositiveInt = 10
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    batch_size: Any = None
+    optimizer: Any = None
+    lr: Any = None
+    weight_decay: Any = None
+    momentum: Any = None
+    schedule: Any = None
+
+
+class TrialResources(_Section):
+    """What one Ray trial reserves: CPUs, and GPUs (a fraction such as 0.5 shares one GPU between trials)."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> TrialResources:
+        if self.gpu > 1 and not self.gpu.is_integer():
+            raise ValueError(f"gpu above 1 must be a whole number, got {self.gpu}")
+        return self
+
+
+class RaySettings(_Section):
+    """The ``search.ray:`` section, read by the Ray backend only."""
+
+    #: ``None`` starts a local Ray; ``auto`` joins the cluster of this machine; or ``host:port``, ``ray://host:port``.
+    address: str | None = None
+    resources_per_trial: TrialResources = TrialResources()
+    max_concurrent: PositiveInt | None = None
+
+
+#: Metrics a search may optimize, with the direction of each: accuracies up, losses and costs down.
+OBJECTIVE_DIRECTIONS = {
+    "val_accuracy": "maximize",
+    "val_balanced_accuracy": "maximize",
+    "val_loss": "minimize",
+    "latency_ms": "minimize",
+    "params": "minimize",
+    "train_seconds": "minimize",
+    "peak_memory_mb": "minimize",
+}
+Objective = Literal[
+    "val_accuracy", "val_balanced_accuracy", "val_loss", "latency_ms", "params", "train_seconds", "peak_memory_mb"
+]
+
+
+class SearchSettings(_Section):
+    """How trials are run: the ``search:`` section."""
+
+    backend: Literal["optuna", "ray"] = "optuna"
+    trials: PositiveInt = 20
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    pruner: Literal["none", "median", "asha", "hyperband"] = "asha"
+    #: One metric, or a list of them for a multi-objective (Pareto) search: ``[val_accuracy, latency_ms]``.
+    objective: Objective | list[Objective] = "val_accuracy"
+    storage: str | None = None
+    seed: int = 0
+    timeout: float | None = Field(None, gt=0)
+    #: Optuna backend: processes running trials side by side on this machine (they need a shared storage).
+    workers: PositiveInt = 1
+    ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> SearchSettings:
+        names = self.objectives
+        if not names:
+            raise ValueError("objective: give at least one metric")
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective: repeated metrics in {names}")
+        if len(names) > 1 and self.backend != "optuna":
+            raise ValueError("objective: a multi-objective search needs backend: optuna")
+        return self
+
+    @property
+    def objectives(self) -> list[str]:
+        """The optimized metrics, as a list (one for a single-objective search)."""
+        return list(self.objective) if isinstance(self.objective, list) else [self.objective]
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVE_DIRECTIONS[name] for name in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def direction(self) -> str:
+        """The direction of the first (primary) objective."""
+        return self.directions[0]
+
+
+class _File(_Section):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    data: _Data = _Data()
+    model: _Model = _Model()
+    space: dict[str, Any] = {}
+    train: _Train = _Train()
+    search: SearchSettings = SearchSettings()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A component that may be chosen, with a domain for each of its hyperparameters."""
+
+    component: Component
+    params: dict[str, Domain]
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+
+@dataclass
+class SearchSpec:
+    """A validated search space: what to train, which components to choose among, how to search."""
+
+    name: str
+    dataset: Component
+    data_params: dict[str, Any]
+    val_fraction: float
+    test_fraction: float
+    model: Candidate
+    space: dict[str, list[Candidate]]
+    epochs: int
+    train: dict[str, Domain]
+    train_options: dict[str, Any]
+    search: SearchSettings
+    source: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def dataset_choice(self) -> ComponentChoice:
+        return ComponentChoice(name=self.dataset.name, params=self.data_params)
+
+    @property
+    def storage(self) -> str:
+        """The storage URL; by default an SQLite file named after the space, in the working directory."""
+        return self.search.storage or f"sqlite:///{self.name}.db"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_spec(source: str | os.PathLike | Mapping[str, Any], registry: Registry | None = None) -> SearchSpec:
+    """Read and validate a search space from a YAML file path or an already-parsed mapping."""
+    registry = registry or get_registry()
+    if isinstance(source, Mapping):
+        return _Parser(None, None, registry).parse(dict(source))
+    path = Path(source)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read the search space: {exc.strerror}", file=str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise SpecError(f"invalid YAML: {problem}", file=str(path), line=line, column=col) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"expected a mapping of sections at the top, got {type(raw).__name__}", file=str(path))
+    return _Parser(str(path), tree, registry).parse(raw)
+
+
+class _Parser:
+    def __init__(self, file: str | None, tree: yaml.Node | None, registry: Registry) -> None:
+        self.file, self.tree, self.registry = file, tree, registry
+
+    def error(self, path: tuple, message: str) -> SpecError:
+        line, col = _locate(self.tree, path)
+        dotted = ".".join(str(p) for p in path) or None
+        return SpecError(message, file=self.file, path=dotted, line=line, column=col)
+
+    def parse(self, raw: dict[str, Any]) -> SearchSpec:
+        try:
+            file = _File.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise self.error(tuple(err["loc"]), _pydantic_message(err)) from None
+        default_name = Path(self.file).stem if self.file else "autonorm"
+        dataset = self.component("dataset", file.data.dataset, ("data", "dataset"))
+        data_extra = dict(file.data.model_extra or {})
+        data_params = {key: self.fixed_value(dataset, key, value, ("data", key)) for key, value in data_extra.items()}
+        backbone = self.component("model", file.model.backbone, ("model", "backbone"))
+        model = Candidate(backbone, self.params(backbone, file.model.model_extra or {}, ("model",)))
+        space = {kind: self.candidates(kind, file.space.get(kind, default)) for kind, default in SEARCHED_KINDS.items()}
+        for kind in file.space:
+            if kind not in SEARCHED_KINDS:
+                raise self.error(("space", kind), unknown_name_message("kind", kind, SEARCHED_KINDS))
+        train = {
+            key: self.domain(param, getattr(file.train, key), ("train", key)) for key, param in TRAIN_PARAMS.items()
+        }
+        spec = SearchSpec(
+            name=file.name or re.sub(r"[^A-Za-z0-9_.\-]", "_", default_name),
+            dataset=dataset,
+            data_params=data_params,
+            val_fraction=file.data.val_fraction,
+            test_fraction=file.data.test_fraction,
+            model=model,
+            space=space,
+            epochs=file.train.epochs,
+            train=train,
+            train_options={k: getattr(file.train, k) for k in ("device", "amp", "channels_last")},
+            search=file.search,
+            source=self.file,
+            raw=raw,
+        )
+        self.check_combinations(spec)
+        return spec
+
+    # -- pieces
+    def component(self, kind: str, name: Any, path: tuple) -> Component:
+        if not isinstance(name, str):
+            raise self.error(path, f"expected the name of a {kind}, got {name!r}")
+        try:
+            return self.registry.get(kind, name)
+        except KeyError as exc:
+            raise self.error(path, exc.args[0]) from None
+
+    def candidates(self, kind: str, raw: Any) -> list[Candidate]:
+        path = ("space", kind)
+        if isinstance(raw, str):
+            raw = {raw: {}}
+        elif isinstance(raw, list):
+            if not all(isinstance(n, str) for n in raw):
+                raise self.error(path, f"expected a list of {kind} names, got {raw!r}")
+            if len(set(raw)) != len(raw):
+                raise self.error(path, f"repeated names in {raw!r}")
+            raw = {name: {} for name in raw}
+        if not isinstance(raw, dict) or not raw:
+            raise self.error(path, f"expected a {kind} name, a list of names or a mapping name -> parameters")
+        found = []
+        for name, params in raw.items():
+            comp = self.component(kind, name, (*path, name))
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise self.error((*path, name), f"expected a mapping of {name}'s parameters, got {params!r}")
+            found.append(Candidate(comp, self.params(comp, params, (*path, name))))
+        return found
+
+    def params(self, comp: Component, raw: Mapping[str, Any], path: tuple) -> dict[str, Domain]:
+        for key in raw:
+            if key not in comp.params:
+                known = ", ".join(comp.params) or "none"
+                raise self.error((*path, key), f"{comp.name} has no parameter {key!r} (parameters: {known})")
+        return {key: self.domain(param, raw.get(key), (*path, key)) for key, param in comp.params.items()}
+
+    def domain(self, param: Param, raw: Any, path: tuple) -> Domain:
+        if raw is None:
+            return Fixed(param.default)
+        if raw == SEARCH_KEYWORD:
+            return param.default_domain()
+        try:
+            return parse_domain(param, raw)
+        except DomainError as exc:
+            raise self.error(path, str(exc)) from None
+
+    def fixed_value(self, comp: Component, key: str, raw: Any, path: tuple) -> Any:
+        if key not in comp.params:
+            known = ", ".join(comp.params) or "none"
+            raise self.error(path, f"dataset {comp.name} has no parameter {key!r} (parameters: {known})")
+        try:
+            return comp.params[key].check(raw)
+        except DomainError as exc:
+            raise self.error(path, str(exc)) from None
+
+    def check_combinations(self, spec: SearchSpec) -> None:
+        """Reject what can never run: a required component that is not offered, or a candidate that
+        excludes every choice of another kind that must be chosen."""
+        offered = {kind: {c.name for c in cands} for kind, cands in spec.space.items()}
+        offered["model"] = {spec.model.name}
+        offered["dataset"] = {spec.dataset.name}
+        for kind, cands in [*spec.space.items(), ("model", [spec.model])]:
+            for cand in cands:
+                path = ("model",) if kind == "model" else ("space", kind, cand.name)
+                for req in cand.component.requires:
+                    rkind, _, rname = req.partition(":")
+                    if rname and rname not in offered.get(rkind, ()):
+                        raise self.error(
+                            path, f"{cand.name} requires {rkind} {rname!r}, which the space does not offer"
+                        )
+                for exc in cand.component.excludes:
+                    ekind, _, ename = exc.partition(":")
+                    if ename and offered.get(ekind) == {ename}:
+                        raise self.error(
+                            path, f"{cand.name} cannot be combined with {ekind} {ename!r}, the only {ekind} offered"
+                        )
+
+
+def _pydantic_message(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return f"{err['msg']}{shown}"
+
+
+def _locate(node: yaml.Node | None, path: tuple) -> tuple[int | None, int | None]:
+    """Line and column (1-based) of the deepest node of ``path`` present in the composed YAML tree."""
+    if node is None:
+        return None, None
+    found = node
+    for depth, key in enumerate(path, 1):
+        nxt = None
+        if isinstance(found, yaml.MappingNode):
+            for k, v in found.value:
+                if k.value == str(key):
+                    nxt = k if depth == len(path) else v
+                    break
+        elif isinstance(found, yaml.SequenceNode) and isinstance(key, int) and key < len(found.value):
+            nxt = found.value[key]
+        if nxt is None:
+            break
+        found = nxt
+    return found.start_mark.line + 1, found.start_mark.column + 1
+
+
+__all__ = ["SearchSpec", "SearchSettings", "Candidate", "load_spec", "SEARCHED_KINDS", "TRAIN_PARAMS", "KINDS"]

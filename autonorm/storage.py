@@ -1,0 +1,101 @@
+"""Optuna storage from a URL, with errors that name the key and passwords that never get printed.
+
+Two kinds of URL: an SQLAlchemy URL of a relational database (``sqlite:///study.db``,
+``postgresql+psycopg2://user:password@host/db``), opened with heartbeats so the trials of a killed
+process are found stale and retried; or ``journal:///study.log`` (``journal:////abs/path.log``), an
+Optuna journal file that several processes on one machine may share (it has no heartbeats).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from autonorm.errors import SpecError
+
+_RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+JOURNAL_SCHEME = "journal"
+
+#: Seconds between a running trial's heartbeats, and after how long without one it counts as stale.
+#: The environment variables ``AUTONORM_HEARTBEAT_INTERVAL`` and ``AUTONORM_GRACE_PERIOD`` override them.
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 30
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return url
+
+
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage with heartbeats, so trials of a killed process are detected as stale."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise SpecError(f"not a storage URL: {mask_url(url)!r}", path="search.storage") from None
+    scheme = parsed.get_backend_name()
+    if scheme == JOURNAL_SCHEME:
+        return _open_journal(parsed.database or "", must_exist)
+    if scheme not in _RDB_SCHEMES:
+        known = ", ".join((*_RDB_SCHEMES, JOURNAL_SCHEME))
+        raise SpecError(
+            f"unknown storage scheme {scheme!r}; expected one of {known} (e.g. sqlite:///study.db)",
+            path="search.storage",
+        )
+    if scheme == "sqlite" and must_exist and not Path(parsed.database or "").is_file():
+        raise SpecError(f"no study database at {parsed.database!r}", path="storage")
+    try:
+        with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resume relies on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=int(os.environ.get("AUTONORM_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL)),
+                grace_period=int(os.environ.get("AUTONORM_GRACE_PERIOD", GRACE_PERIOD)),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                engine_kwargs={"connect_args": {"timeout": 30}} if scheme == "sqlite" else {},
+            )
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise SpecError(f"cannot open storage {mask_url(url)}: {reason}", path="search.storage") from None
+
+
+def _open_journal(path: str, must_exist: bool) -> optuna.storages.BaseStorage:
+    if not path:
+        raise SpecError("a journal storage needs a file: journal:///study.log", path="search.storage")
+    if must_exist and not Path(path).is_file():
+        raise SpecError(f"no study journal at {path!r}", path="storage")
+    try:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    except OSError as exc:
+        raise SpecError(f"cannot open journal {path!r}: {exc.strerror}", path="search.storage") from None
+
+
+def check_shareable(url: str, processes: int) -> None:
+    """Refuse a storage that ``processes`` concurrent writers would corrupt or lock up (SQLite)."""
+    if processes > 1 and _scheme(url) == "sqlite":
+        raise SpecError(
+            f"{mask_url(url)} cannot be shared by {processes} worker processes: SQLite locks the whole file. "
+            "Use a PostgreSQL or MySQL URL (postgresql+psycopg2://user:password@host/db) or an Optuna journal "
+            "file (journal:///study.log)",
+            path="search.storage",
+        )
+
+
+def has_heartbeats(url: str) -> bool:
+    """Whether a killed process's running trials are detected (as stale) in this storage."""
+    return _scheme(url) in _RDB_SCHEMES
+
+
+def _scheme(url: str) -> str:
+    try:
+        return make_url(url).get_backend_name()
+    except (ArgumentError, ValueError):
+        return ""

@@ -1,0 +1,356 @@
+"""Contract checks a plugin author runs on their own component: ``check_component(component)``.
+
+A normalization, activation, pooling or head component is built from its factory with its default
+hyperparameters and checked on 1-D ``(N, C, L)`` and 2-D ``(N, C, H, W)`` input (a head on
+``(N, F)``). The checks, each named in the report and in the error:
+
+- ``shape_dtype``: the output has the declared shape (a normalization keeps its input's shape, an
+  activation scales channels by ``channel_ratio``, pooling gives ``(N, C)``, a head ``(N, classes)``)
+  and the input's dtype.
+- ``gradients``: gradients reach the input and every trainable parameter, finite and not all zero.
+- ``batch_independence``: in eval mode every component gives each sample the same output whatever
+  the rest of the batch. In train mode so does a component that declares ``batch_dependent=False``;
+  one that declares ``batch_dependent=True`` may use the batch in training.
+- ``batch_size_1``: a batch of one works (finite output of the right shape) in train and eval mode,
+  or fails in train mode with a ``ValueError``/``RuntimeError`` carrying a message.
+- ``state_dict``: a fresh instance loaded with the state dict of a trained, perturbed one gives the
+  same eval output.
+- ``float64``: a float64 copy gives float64 output close to the float32 one.
+
+A normalization that brings its own activation (``own_activation``) or its own convolution
+(``conv``) has those checked too, as ``own_activation/...`` and ``conv/...``.
+
+>>> from autonorm.testing import check_component
+>>> report = check_component("groupnorm", kind="normalization")
+>>> report.ok
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autonorm.errors import SpecError
+from autonorm.registry import Component, Registry, get_registry
+
+__all__ = ["CHECKED_KINDS", "CheckResult", "ContractError", "ContractReport", "check_component"]
+
+#: The kinds :func:`check_component` knows how to check.
+CHECKED_KINDS = ("normalization", "activation", "pooling", "head")
+
+_CHECKS = ("shape_dtype", "gradients", "batch_independence", "batch_size_1", "state_dict", "float64")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One named check on one input layout: passed, or failed with the reason."""
+
+    name: str
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class ContractReport:
+    """Every check run on one component."""
+
+    component: str
+    kind: str
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.passed]
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`ContractError` naming every failed check."""
+        if not self.ok:
+            raise ContractError(self)
+
+    def __str__(self) -> str:
+        lines = [f"{self.kind} {self.component!r}:"]
+        lines += [
+            f"  {'passed' if r.passed else 'FAILED'}  {r.name}{': ' + r.message if r.message else ''}"
+            for r in self.results
+        ]
+        return "\n".join(lines)
+
+
+class ContractError(AssertionError):
+    """A component broke its contract; :attr:`checks` names the failed checks."""
+
+    def __init__(self, report: ContractReport) -> None:
+        self.report = report
+        self.checks = [r.name for r in report.failed]
+        details = "; ".join(f"{r.name}: {r.message}" for r in report.failed)
+        super().__init__(f"{report.kind} {report.component!r} failed {', '.join(self.checks)} ({details})")
+
+
+class _CheckFailed(Exception):
+    pass
+
+
+def check_component(
+    component: Component | str | Callable[..., nn.Module],
+    *,
+    kind: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    batch_dependent: bool | None = None,
+    channel_ratio: float | None = None,
+    channels: int = 16,
+    registry: Registry | None = None,
+    raise_on_failure: bool = True,
+) -> ContractReport:
+    """Run the contract checks on a component and return the report.
+
+    Args:
+        component: a :class:`Component`, a registered name (give ``kind``), or a bare factory with the
+            signature of its kind (give ``kind``; see :mod:`autonorm.build`).
+        kind: the component's kind; required for a name or a bare factory.
+        params: hyperparameters for the factory (default: the component's declared defaults).
+        batch_dependent: overrides the declaration (a bare factory defaults to False).
+        channel_ratio: activations only: overrides the declaration (a bare factory defaults to 1).
+        channels: channels (features, for a head) of the test input; 16 splits into the usual groups.
+        registry: where names are looked up (default: every installed plugin).
+        raise_on_failure: raise :class:`ContractError` naming the failed checks (default), or only
+            return the report.
+    """
+    comp = _resolve(component, kind, registry)
+    if comp.kind not in CHECKED_KINDS:
+        raise SpecError(f"check-plugin checks kinds {', '.join(CHECKED_KINDS)}; {comp.name!r} is a {comp.kind}")
+    factory = comp.bind(params)
+    dependent = comp.batch_dependent if batch_dependent is None else batch_dependent
+    ratio = comp.channel_ratio if channel_ratio is None else channel_ratio
+    report = ContractReport(comp.name, comp.kind)
+    _check_all(report, "", comp.kind, factory, dependent, ratio, channels)
+    if comp.kind == "normalization" and comp.own_activation is not None:
+        own_activation = comp.bind_own_activation(params)
+        _check_all(report, "own_activation/", "activation", own_activation, dependent, 1.0, channels)
+    if comp.kind == "normalization" and comp.conv is not None:
+        _check_conv(report, comp.conv, channels)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def _resolve(component: Component | str | Callable[..., nn.Module], kind: str | None, registry: Registry | None):
+    if isinstance(component, Component):
+        return component
+    if kind is None:
+        raise SpecError("give the kind of the component to check")
+    if isinstance(component, str):
+        try:
+            return (registry or get_registry()).get(kind, component)
+        except KeyError as exc:
+            raise SpecError(exc.args[0]) from None
+    return Component(kind=kind, name=getattr(component, "__name__", repr(component)), factory=component)
+
+
+# ---------------------------------------------------------------- inputs and expected outputs
+
+
+def _layouts(kind: str) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of the test inputs, without batch and channel dims."""
+    return {"(N,F)": ()} if kind == "head" else {"(N,C,L)": (12,), "(N,C,H,W)": (6, 5)}
+
+
+def _make(kind: str, factory: Callable[..., nn.Module], channels: int) -> nn.Module:
+    if kind == "pooling":
+        return factory()
+    if kind == "head":
+        return factory(channels, _NUM_CLASSES)
+    return factory(channels)
+
+
+_NUM_CLASSES = 5
+
+
+def _expected_shape(kind: str, x: torch.Tensor, ratio: float) -> tuple[int, ...]:
+    n, c, *spatial = x.shape
+    if kind == "activation":
+        return (n, round(c * ratio), *spatial)
+    if kind == "pooling":
+        return (n, c)
+    if kind == "head":
+        return (n, _NUM_CLASSES)
+    return tuple(x.shape)
+
+
+def _input(batch: int, channels: int, spatial: tuple[int, ...], seed: int, dtype=torch.float32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, channels, *spatial, generator=gen) * 2 + 0.5).to(dtype)
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _check_all(report, prefix, kind, factory, dependent, ratio, channels) -> None:
+    for layout, spatial in _layouts(kind).items():
+        for check in _CHECKS:
+            name = f"{prefix}{check}{layout}"
+            torch.manual_seed(0)
+            try:
+                module = _make(kind, factory, channels)
+                _RUN[check](module, kind, factory, spatial, channels, dependent, ratio)
+            except _CheckFailed as exc:
+                report.results.append(CheckResult(name, False, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - any error inside a check fails that check
+                report.results.append(CheckResult(name, False, f"raised {type(exc).__name__}: {exc}"))
+            else:
+                report.results.append(CheckResult(name, True))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise _CheckFailed(message)
+
+
+def _forward(module: nn.Module, x: torch.Tensor, train: bool, seed: int = 0) -> torch.Tensor:
+    """The output of a copy of ``module`` (state updates stay in the copy), with a fixed RNG."""
+    module = copy.deepcopy(module).train(train)
+    torch.manual_seed(seed)
+    return module(x)
+
+
+def _check_shape_dtype(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+    x = _input(6, channels, spatial, 1)
+    for train in (True, False):
+        out = _forward(module, x, train)
+        mode = "train" if train else "eval"
+        _require(isinstance(out, torch.Tensor), f"{mode} output is a {type(out).__name__}, not a tensor")
+        expected = _expected_shape(kind, x, ratio)
+        _require(tuple(out.shape) == expected, f"{mode} output shape {tuple(out.shape)}, expected {expected}")
+        _require(out.dtype == x.dtype, f"{mode} output dtype {out.dtype}, expected {x.dtype}")
+        _require(bool(torch.isfinite(out).all()), f"{mode} output is not finite")
+
+
+def _check_gradients(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+    module.train()
+    x = _input(6, channels, spatial, 2).requires_grad_()
+    out = module(x)
+    _require(out.requires_grad, "no gradient reaches the input (the output is detached from the graph)")
+    # a random weighting: the plain sum of a normalized output has zero gradient by construction
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * weights).sum().backward()
+    _require(x.grad is not None, "no gradient reaches the input")
+    _require(bool(torch.isfinite(x.grad).all()), "the input gradient is not finite")
+    _require(bool(x.grad.abs().sum() > 0), "the input gradient is zero everywhere")
+    for pname, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        _require(p.grad is not None, f"no gradient reaches parameter {pname!r}")
+        _require(bool(torch.isfinite(p.grad).all()), f"the gradient of parameter {pname!r} is not finite")
+        _require(bool(p.grad.abs().sum() > 0), f"the gradient of parameter {pname!r} is zero everywhere")
+
+
+def _check_batch_independence(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+    x = _input(6, channels, spatial, 4)
+    other = torch.cat([x[:2], _input(4, channels, spatial, 5) * 3 - 1])
+    trained = copy.deepcopy(module).train()
+    trained(_input(6, channels, spatial, 6))  # eval-mode statistics that are not the initial ones
+    modes = [False] if dependent else [True, False]
+    for train in modes:
+        mode = "train" if train else "eval"
+        full = _forward(trained, x, train)[:2]
+        for variant, batch in (("a batch with other samples", other), ("a batch of 2", x[:2])):
+            out = _forward(trained, batch, train)[:2]
+            diff = (out - full).abs().max().item()
+            _require(
+                torch.allclose(out, full, rtol=1e-5, atol=1e-5),
+                f"in {mode} mode a sample's output changes by {diff:.3g} when it is in {variant}"
+                + ("" if dependent else " (the component declares batch_dependent=False)"),
+            )
+
+
+def _check_batch_size_1(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+    x = _input(1, channels, spatial, 7)
+    expected = _expected_shape(kind, x, ratio)
+    try:
+        out = _forward(module, x, train=True)
+    except (ValueError, RuntimeError) as exc:
+        _require(bool(str(exc).strip()), f"batch size 1 in train mode raises {type(exc).__name__} with no message")
+    else:
+        _require(tuple(out.shape) == expected, f"train output shape {tuple(out.shape)} at batch 1, expected {expected}")
+        _require(bool(torch.isfinite(out).all()), "train output at batch size 1 is not finite (raise a clear error)")
+    trained = copy.deepcopy(module).train()
+    trained(_input(6, channels, spatial, 6))
+    out = _forward(trained, x, train=False)
+    _require(tuple(out.shape) == expected, f"eval output shape {tuple(out.shape)} at batch 1, expected {expected}")
+    _require(bool(torch.isfinite(out).all()), "eval output at batch size 1 is not finite")
+
+
+def _check_state_dict(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+    module.train()
+    module(_input(6, channels, spatial, 8))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.rand(p.shape, generator=torch.Generator().manual_seed(9)).to(p.dtype) * 0.5)
+    torch.manual_seed(1)
+    fresh = _make(kind, factory, channels)
+    fresh.load_state_dict(module.state_dict())
+    x = _input(6, channels, spatial, 10)
+    a, b = _forward(module, x, train=False), _forward(fresh, x, train=False)
+    diff = (a - b).abs().max().item()
+    _require(
+        torch.allclose(a, b, rtol=1e-6, atol=1e-6),
+        f"a fresh instance loaded with the state dict differs by {diff:.3g} in eval mode "
+        "(is some state kept outside parameters and buffers?)",
+    )
+
+
+def _check_float64(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+    trained = copy.deepcopy(module).train()
+    trained(_input(6, channels, spatial, 11))
+    x = _input(6, channels, spatial, 12)
+    ref = _forward(trained, x, train=False)
+    out = _forward(trained.double(), x.double(), train=False)
+    _require(out.dtype == torch.float64, f"float64 input gives {out.dtype} output")
+    diff = (out - ref.double()).abs().max().item()
+    _require(
+        torch.allclose(out, ref.double(), rtol=1e-3, atol=1e-3),
+        f"float64 output differs from float32 output by {diff:.3g}",
+    )
+
+
+_RUN = {
+    "shape_dtype": _check_shape_dtype,
+    "gradients": _check_gradients,
+    "batch_independence": _check_batch_independence,
+    "batch_size_1": _check_batch_size_1,
+    "state_dict": _check_state_dict,
+    "float64": _check_float64,
+}
+
+
+def _check_conv(report: ContractReport, conv: Callable[..., nn.Module], channels: int) -> None:
+    """A normalization's conv factory: the shape of ``nn.ConvNd``, and gradients to input and weight."""
+    for dims, spatial in ((1, (12,)), (2, (6, 5))):
+        layout = "(N,C,L)" if dims == 1 else "(N,C,H,W)"
+        name = f"conv/shape_gradients{layout}"
+        try:
+            torch.manual_seed(0)
+            module = conv(dims, channels, 2 * channels, 3, stride=2, padding=1, bias=False)
+            ref = (nn.Conv1d if dims == 1 else nn.Conv2d)(channels, 2 * channels, 3, stride=2, padding=1)
+            x = _input(2, channels, spatial, 13).requires_grad_()
+            out, expected = module(x), ref(x)
+            _require(out.shape == expected.shape, f"output shape {tuple(out.shape)}, expected {tuple(expected.shape)}")
+            out.pow(2).sum().backward()
+            _require(x.grad is not None and bool(x.grad.abs().sum() > 0), "no gradient reaches the input")
+            for pname, p in module.named_parameters():
+                _require(p.grad is not None and bool(p.grad.abs().sum() > 0), f"no gradient reaches {pname!r}")
+        except _CheckFailed as exc:
+            report.results.append(CheckResult(name, False, str(exc)))
+        except Exception as exc:  # noqa: BLE001
+            report.results.append(CheckResult(name, False, f"raised {type(exc).__name__}: {exc}"))
+        else:
+            report.results.append(CheckResult(name, True))

@@ -1,0 +1,100 @@
+"""Proxy Normalization: LN/GN, then a proxy-normalized activation; no batch dependence.
+
+Labatie, Masters, Eaton-Rosen, Luschi 2021, "Proxy-Normalizing Activations to Match Batch
+Normalization while Removing Batch Dependence", NeurIPS 2021, arXiv:2106.03743; official code:
+Graphcore examples, TensorFlow CNNs, ``Models/proxy_norm.py``.
+
+``Conv -> Norm (LN or GN, no affine) -> PN-activation``, where the PN-activation of channel c is
+
+    z = phi(gamma_c * y + beta_c)
+    Y_c = (1 + gamma'_c) * r + beta'_c          r: the 200 standard-normal quantiles Phi^-1((i + 0.5) / 200)
+    m_c, v_c = mean, biased variance over the 200 points of phi(gamma_c * Y_c + beta_c)
+    out = (z - m_c) / sqrt(v_c + eps),           eps = 0.03
+
+so ``z`` is normalized by the moments it would have if ``y`` were Gaussian with the learned proxy
+mean and scale. The proxy is fixed (quantiles, not random draws), gradients reach all four
+parameters through ``m_c`` and ``v_c``, and nothing is reduced over the batch: train and eval agree.
+
+Decisions (u):
+
+- In autonorm the PN-activation replaces the searched activation (``own_activation``), with
+  ``phi = ReLU`` (the paper's ResNet experiments; the official EfficientNets use swish).
+- Every norm position gets LN/GN without affine: the backbone cannot tell the norm factory whether an
+  activation follows, so a norm ending a residual branch has no affine here (the paper keeps one); the
+  PN-activation's affine after the residual sum takes its place. Norm eps 1e-5; GN default 4 groups,
+  as in the official EfficientNet scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import autonorm
+from autonorm import Component, Int
+
+
+def proxy_points(num_points: int = 200) -> torch.Tensor:
+    """The standard-normal quantiles at the midpoints ``(i + 0.5) / num_points``: a fixed N(0, 1) proxy."""
+    return torch.special.ndtri((torch.arange(num_points, dtype=torch.float64) + 0.5) / num_points).float()
+
+
+class ProxyNormActivation(nn.Module):
+    """Per-channel affine, activation ``phi``, then normalization by the moments of a Gaussian proxy."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        activation: Callable[[torch.Tensor], torch.Tensor] = F.relu,
+        eps: float = 0.03,
+        num_points: int = 200,
+    ) -> None:
+        super().__init__()
+        self.activation, self.eps = activation, eps
+        self.weight = nn.Parameter(torch.ones(num_channels))  # gamma
+        self.bias = nn.Parameter(torch.zeros(num_channels))  # beta
+        self.proxy_weight = nn.Parameter(torch.zeros(num_channels))  # gamma': proxy scale is 1 + gamma'
+        self.proxy_bias = nn.Parameter(torch.zeros(num_channels))  # beta'
+        self.register_buffer("points", proxy_points(num_points), persistent=False)
+
+    def proxy_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel: the mean and biased variance of ``phi(gamma * Y + beta)`` over the proxy points."""
+        proxy = (1 + self.proxy_weight)[:, None] * self.points + self.proxy_bias[:, None]
+        z = self.activation(self.weight[:, None] * proxy + self.bias[:, None])
+        return z.mean(1), z.var(1, unbiased=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *[1] * (y.dim() - 2))
+        mean, var = self.proxy_moments()
+        z = self.activation(y * self.weight.view(shape) + self.bias.view(shape))
+        inv_std = torch.rsqrt(var + self.eps)
+        return torch.addcmul((-mean * inv_std).view(shape), z, inv_std.view(shape))  # saves only z for backward
+
+
+def proxynorm_gn(num_channels: int, groups: int = 4) -> nn.Module:
+    """Proxy Normalization after GroupNorm (Labatie et al. 2021): the GN part, without affine."""
+    if num_channels % groups:
+        raise ValueError(f"proxynorm_gn: {num_channels} channels cannot be split into {groups} groups")
+    return nn.GroupNorm(groups, num_channels, eps=1e-5, affine=False)
+
+
+def proxynorm_ln(num_channels: int) -> nn.Module:
+    """Proxy Normalization after LayerNorm (Labatie et al. 2021): the LN part, GroupNorm(1, C) without affine."""
+    return nn.GroupNorm(1, num_channels, eps=1e-5, affine=False)
+
+
+@autonorm.hookimpl
+def autonorm_components() -> list[Component]:
+    return [
+        Component(
+            kind="normalization",
+            name="proxynorm_gn",
+            factory=proxynorm_gn,
+            params={"groups": Int(4, 1, 32, log=True)},
+            own_activation=ProxyNormActivation,
+        ),
+        Component(kind="normalization", name="proxynorm_ln", factory=proxynorm_ln, own_activation=ProxyNormActivation),
+    ]

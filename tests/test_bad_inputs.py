@@ -1,0 +1,116 @@
+"""A corpus of bad inputs, each run through the command a user would type: every one gets a clear
+error naming its place (exit code 2, no traceback), and an existing study's storage stays byte for byte
+as it was. The cases covered elsewhere (tests/test_spec.py, test_search.py, test_cli.py) are not repeated,
+except where the storage left intact is the point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+import autonorm
+from autonorm.backends.optuna import open_search_study
+from autonorm.cli import main
+from tests.conftest import write
+from tests.helpers import registry_with_test_components
+from tests.pg import postgres_url  # noqa: F401 - a fixture
+
+SECRET = "pw-never-printed"
+GOOD = """name: intact
+model: {backbone: small_cnn, depth: 1, width: 4}
+train: {epochs: 1}
+search: {trials: 2, pruner: none}
+"""
+
+#: (case id, space file text or None for GOOD, extra command arguments, what the error must say)
+CORPUS = [
+    ("malformed-yaml", "name: intact\nspace:\n  normalization: [batchnorm\n", (), "space.yaml:4:1: invalid YAML"),
+    ("wrong-type", GOOD + "data: {val_fraction: half}\n", (), "data.val_fraction"),
+    ("inverted-range", GOOD.replace("epochs: 1", "epochs: 1, lr: {uniform: [0.5, 0.1]}"), (), "train.lr"),
+    ("empty-choices", GOOD + "space: {normalization: {groupnorm: {groups: []}}}\n", (), "groupnorm.groups"),
+    ("unknown-component", GOOD + "space: {pooling: [avgg]}\n", (), "did you mean 'avg'"),
+    ("python-object-tag", "name: !!python/object/apply:os.system ['touch executed']\n", (), "invalid YAML"),
+    ("fractional-gpus-above-one", GOOD.replace("pruner: none", "ray: {resources_per_trial: {gpu: 1.5}}"), (), "gpu"),
+    ("unknown-storage-scheme", None, ("--storage", "redis://localhost/0"), "unknown storage scheme 'redis'"),
+    (
+        "unreachable-database",
+        None,
+        ("--storage", f"postgresql+psycopg2://autonorm:{SECRET}@127.0.0.1:1/autonorm"),
+        "cannot open storage postgresql+psycopg2://autonorm:***@127.0.0.1:1/autonorm",
+    ),
+    ("sqlite-for-many-workers", None, ("--workers", "3"), "cannot be shared by 3 worker processes"),
+]
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "500")
+
+
+@pytest.fixture
+def intact(tmp_path) -> Path:
+    """An existing study with one finished trial, in ``intact.db``."""
+    spec = autonorm.load_spec(write(tmp_path / "good.yaml", GOOD))
+    study = open_search_study(spec)
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"val_accuracy": 0.5}))
+    return tmp_path / "intact.db"
+
+
+@pytest.mark.parametrize("case, text, extra, message", CORPUS, ids=[c[0] for c in CORPUS])
+def test_bad_input_is_a_located_error_and_leaves_the_storage_intact(
+    tmp_path, intact, capsys, case, text, extra, message
+):
+    before = intact.read_bytes()
+    space = write(tmp_path / "space.yaml", text if text is not None else GOOD)
+    command = "validate" if case == "python-object-tag" else "search"
+    args = [command, str(space), *(extra if command == "search" else ())]
+    assert main([*args, "-q"] if command == "search" else args) == 2
+    out, err = capsys.readouterr()
+    assert message in err and "Traceback" not in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert SECRET not in out + err
+    assert intact.read_bytes() == before
+    assert not (tmp_path / "executed").exists()
+
+
+def test_impossible_combination_is_refused_before_any_trial(intact):
+    before = intact.read_bytes()
+    registry = registry_with_test_components()
+    space = {"name": "intact", "model": {"backbone": "small_cnn"}, "space": {"pooling": ["needs_resnet"]}}
+    with pytest.raises(autonorm.SpecError, match="space.pooling.needs_resnet: needs_resnet requires model 'resnet'"):
+        autonorm.search(space, registry=registry)
+    assert intact.read_bytes() == before
+
+
+def test_worker_of_an_unknown_study_names_the_known_ones(tmp_path, capsys):
+    url = f"journal:///{tmp_path / 'j.log'}"
+    open_search_study(autonorm.load_spec({**yaml.safe_load(GOOD), "search": {"storage": url}}))
+    assert main(["worker", "nope", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "study: no study 'nope' in journal:" in err and "(studies there: intact)" in err
+
+
+def test_a_postgres_password_never_appears_in_any_command_output(tmp_path, capsys, postgres_url):  # noqa: F811
+    password = make_url(postgres_url).password
+    assert password
+    space = write(tmp_path / "pg.yaml", GOOD.replace("trials: 2", f"trials: 1, storage: '{postgres_url}'"))
+    wrong = make_url(postgres_url).set(password="wrong-" + password).render_as_string(hide_password=False)
+    commands = [
+        (["validate", str(space)], 0),
+        (["search", str(space), "-q"], 0),
+        (["results", "intact", "--storage", postgres_url], 0),
+        (["results", str(space)], 0),
+        (["best", "intact", "--storage", postgres_url], 0),
+        (["worker", "intact", "--storage", postgres_url], 0),
+        (["results", "nope", "--storage", postgres_url], 2),
+        (["results", "intact", "--storage", wrong], 2),
+    ]
+    for args, code in commands:
+        assert main(args) == code, args
+        out, err = capsys.readouterr()
+        assert password not in out + err, args
+    assert "***" in out + err

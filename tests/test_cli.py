@@ -1,0 +1,103 @@
+"""Every command end to end. Two tests run the installed ``autonorm`` executable as a user does;
+the others call the same entry point in-process, because each new process spends seconds importing torch."""
+
+import pytest
+import yaml
+
+import autonorm
+from autonorm.cli import main
+from tests.conftest import TINY_SPACE, run_cli, write
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: str, code: int = 0) -> tuple[str, str]:
+        assert main(list(args)) == code
+        out, err = capsys.readouterr()
+        return out, err
+
+    return run
+
+
+def test_installed_command_searches_a_third_party_plugin(with_plugins, tmp_path):
+    space = write(
+        tmp_path / "ext.yaml",
+        "space: {normalization: [sample_rms, batchnorm]}\nmodel: {backbone: small_cnn, depth: 1, width: 4}\n"
+        "train: {epochs: 1}\nsearch: {trials: 3, sampler: random, pruner: none}\n",
+    )
+    out = run_cli("search", str(space)).stdout
+    assert "3 complete" in out and "best configuration" in out
+    study = autonorm.load_study("ext")
+    assert "sample_rms" in {t.config.components["normalization"].name for t in study.trials}
+
+
+def test_installed_command_reports_errors_without_traceback(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "space:\n  normalization: [batchnrom]\n")
+    proc = run_cli("validate", str(bad), check=False)
+    assert proc.returncode == 2
+    assert "bad.yaml:2:18: space.normalization" in proc.stderr and "did you mean 'batchnorm'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_plugins_lists_components_with_package_and_params(with_plugins, cli):
+    out, _ = cli("plugins")
+    assert "groupnorm" in out and "autonorm 0.1.0" in out and "groups: 8 in [1, 32] log" in out
+    assert "sample_rms" in out and "autonorm-example-plugin 1.2.3" in out
+    assert "plugins that failed to load" in out and "this plugin needs a library" in out
+    out, _ = cli("plugins", "--kind", "activation")
+    assert "elu" in out and "groupnorm" not in out
+
+
+def test_validate_summarizes_the_space(tmp_path, cli):
+    out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", TINY_SPACE)))
+    assert "ok" in out and "normalization: batchnorm, groupnorm" in out and "searched: lr" in out
+
+
+def test_search_resume_results_best(tmp_path, cli):
+    space = write(tmp_path / "tiny.yaml", TINY_SPACE)
+    out, _ = cli("search", str(space), "-q")
+    assert "3 complete" in out and "best configuration" in out and "val_accuracy" in out
+    out, _ = cli("search", str(space), "--trials", "4")
+    assert "resuming study tiny: 3 of 4 trials already done" in out and "4 complete" in out
+    board, _ = cli("results", "tiny")
+    assert "top 10 by val_accuracy" in board and board.count("complete") >= 4
+    assert "normalization" in board and "head" not in board  # only the columns that vary
+    board_by_file, _ = cli("results", str(space))
+    assert board_by_file == board
+    cli("best", "tiny", "-o", "best.yaml")
+    config = autonorm.TrialConfig.load(tmp_path / "best.yaml")
+    assert config.model.name == "small_cnn" and config.input_shape == (1, 8, 8)
+    assert config == autonorm.load_study("tiny").best.config
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["components"]["normalization"]["name"] in (
+        "batchnorm",
+        "groupnorm",
+    )
+
+
+def test_results_of_a_missing_study_is_a_clear_error(cli):
+    _, err = cli("results", "nothing", code=2)
+    assert "no study database at 'nothing.db'" in err
+
+
+def test_results_of_an_unknown_study_lists_the_known_ones(tmp_path, cli):
+    cli("search", str(write(tmp_path / "tiny.yaml", TINY_SPACE)), "--trials", "1", "-q")
+    _, err = cli("results", "tinyy", "--storage", "sqlite:///tiny.db", code=2)
+    assert "no study 'tinyy' in sqlite:///tiny.db (studies there: tiny)" in err
+
+
+def test_unknown_storage_scheme_is_a_clear_error(tmp_path, cli):
+    space = write(tmp_path / "tiny.yaml", TINY_SPACE)
+    _, err = cli("search", str(space), "--storage", "redis://localhost/0", code=2)
+    assert "unknown storage scheme 'redis'" in err
+
+
+def test_best_of_a_study_without_completed_trials(tmp_path, cli):
+    space = write(
+        tmp_path / "t.yaml",
+        TINY_SPACE.replace("trials: 3", "trials: 1").replace("lr: {loguniform: [0.01, 0.2]}", "lr: 1.0e+30"),
+    )
+    cli("search", str(space), "-q")
+    _, err = cli("best", "tiny", code=2)
+    assert "no completed trial yet" in err

@@ -1,0 +1,128 @@
+"""Comparisons across tasks: statistics on hand-made numbers, resume, failures shown in their cell."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import autonorm
+import autonorm.comparison as compare_module
+from autonorm import SpecError
+from autonorm.comparison import Cell, Comparison, holm, load_protocol
+from tests.helpers import registry_with_test_components
+
+
+def table(results: dict) -> Comparison:
+    tasks = sorted({t for t, _ in results})
+    cands = sorted({c for _, c in results})
+    cells = {(t, c): Cell(t, c, accuracies=list(v)) for (t, c), v in results.items()}
+    return Comparison("hand", "normalization", tasks, cands, "a", cells)
+
+
+HAND = {
+    ("t1", "a"): [0.90, 0.92, 0.94],
+    ("t1", "b"): [0.80, 0.82, 0.84],
+    ("t1", "c"): [0.70, 0.71, 0.72],
+    ("t2", "a"): [0.60, 0.60, 0.60],
+    ("t2", "b"): [0.70, 0.70, 0.70],
+    ("t2", "c"): [0.50, 0.50, 0.50],
+    ("t3", "a"): [0.85, 0.85, 0.85],
+    ("t3", "b"): [0.85, 0.85, 0.85],
+    ("t3", "c"): [0.10, 0.20, 0.30],
+}
+
+
+def test_confidence_interval_is_the_student_t_half_width():
+    cell = table(HAND).cells["t1", "a"]
+    assert cell.mean == pytest.approx(0.92)
+    # sd = 0.02, n = 3, t(0.975, 2) = 4.302652729911275
+    assert cell.ci95 == pytest.approx(4.302652729911275 * 0.02 / math.sqrt(3))
+    assert table({("t", "a"): [0.5]}).cells["t", "a"].ci95 == 0.0
+
+
+def test_average_ranks_share_ties():
+    ranks = table(HAND).average_ranks()
+    # t1: a1 b2 c3; t2: b1 a2 c3; t3: a,b tie at 1.5, c3
+    assert ranks == {"a": pytest.approx((1 + 2 + 1.5) / 3), "b": pytest.approx((2 + 1 + 1.5) / 3), "c": 3.0}
+
+
+def test_friedman_matches_the_textbook_formula():
+    chi2, p = table(HAND).friedman()
+    # Friedman's statistic with the tie correction scipy applies: ranks per task as above
+    n, k = 3, 3
+    rank_sums = np.array([1 + 2 + 1.5, 2 + 1 + 1.5, 9.0])
+    uncorrected = 12 / (n * k * (k + 1)) * (rank_sums**2).sum() - 3 * n * (k + 1)
+    ties = 2**3 - 2  # one tie of size 2 in t3
+    corrected = uncorrected / (1 - ties / (n * (k**3 - k)))
+    assert chi2 == pytest.approx(corrected)
+    assert p == pytest.approx(stats.chi2.sf(corrected, k - 1))
+
+
+def test_friedman_needs_two_tasks():
+    assert table({k: v for k, v in HAND.items() if k[0] == "t1"}).friedman() is None
+
+
+def test_holm_adjustment():
+    assert holm({"x": 0.01, "y": 0.04, "z": 0.03}) == {
+        "x": pytest.approx(0.03),
+        "z": pytest.approx(0.06),
+        "y": pytest.approx(0.06),
+    }
+
+
+def test_versus_baseline_is_holm_corrected_wilcoxon():
+    comparison = table(HAND)
+    got = comparison.versus_baseline()
+    a = HAND["t1", "a"] + HAND["t2", "a"] + HAND["t3", "a"]
+    raw = {c: stats.wilcoxon(HAND["t1", c] + HAND["t2", c] + HAND["t3", c], a).pvalue for c in "bc"}
+    assert got == pytest.approx(holm(raw))
+
+
+PROTOCOL = {
+    "name": "cmp",
+    "kind": "normalization",
+    "candidates": ["batchnorm", "explode"],
+    "baseline": "batchnorm",
+    "tasks": [{"name": "digits", "data": {"dataset": "digits"}}],
+    "model": {"backbone": "small_cnn", "depth": 2, "width": 8},
+    "train": {"epochs": 2, "batch_size": 32},
+    "tune": {"lr": {"loguniform": [0.05, 0.2]}},
+    "trials": 1,
+    "seeds": 2,
+}
+
+
+def test_compare_runs_resumes_and_shows_failures_in_their_cell(monkeypatch):
+    registry = registry_with_test_components()
+    first = compare_module.compare(PROTOCOL, registry)
+    ok, bad = first.cells["digits", "batchnorm"], first.cells["digits", "explode"]
+    assert len(ok.accuracies) == 2 and ok.mean > 0.5 and ok.costs["params"] > 0
+    assert bad.mean is None and bad.error.startswith("diverged")
+    records = first.records()
+    assert {r["candidate"] for r in records} == {"batchnorm", "explode"}
+
+    calls = []
+    real = compare_module._retrain
+    monkeypatch.setattr(compare_module, "_retrain", lambda *a: calls.append(a[2]) or real(*a))
+    again = compare_module.compare({**PROTOCOL, "seeds": 3}, registry)
+    assert calls == [2]  # only the new seed is trained; seeds 0 and 1 come from the storage
+    assert again.cells["digits", "batchnorm"].accuracies[:2] == ok.accuracies
+
+
+def test_protocol_defaults_to_every_installed_candidate(with_plugins):
+    proto, specs = load_protocol({**PROTOCOL, "candidates": None, "baseline": None}, with_plugins)
+    assert "sample_rms" in proto.candidates and "batchnorm" in proto.candidates
+    assert ("digits", "sample_rms") in specs
+
+
+def test_protocol_errors_name_the_place(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nkind: normalization\ncandidates: [batchnorm, gropnorm]\ntasks: [{name: d, data: {}}]\n")
+    with pytest.raises(SpecError, match=r"p.yaml:3:25: candidates.1: unknown normalization 'gropnorm'"):
+        load_protocol(path, autonorm.get_registry())
+    with pytest.raises(SpecError, match="baseline 'x' is not among the candidates"):
+        load_protocol({**PROTOCOL, "baseline": "x"}, registry_with_test_components())
+    with pytest.raises(SpecError, match="tasks.0: data.dataset: unknown dataset 'digit'"):
+        tasks = [{"name": "d", "data": {"dataset": "digit"}}]
+        load_protocol({**PROTOCOL, "tasks": tasks}, registry_with_test_components())

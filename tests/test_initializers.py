@@ -1,0 +1,233 @@
+"""The initializers' defining properties: BN scale init and its learning rate (Davis & Frank), GradInit's
+lower loss after one step, AutoInit's unit-variance signal, the variance-preserving residual sum."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from autonorm_plugins.autoinit import autoinit, mapped_moments
+from autonorm_plugins.bn_gamma import ScaleLearningRate
+from autonorm_plugins.nf_residual import Scaled
+from autonorm_plugins.resnet import BasicBlock
+from torch import nn
+
+from autonorm import TrialConfig, build_model
+from autonorm.trainer import make_optimizer, make_schedule
+
+INITIALIZERS = ["bn_gamma", "gradinit", "autoinit", "nf_residual"]
+
+
+def config(init, params=None, model="resnet", norm="none", shape=(1, 8, 8), **model_params):
+    return TrialConfig(
+        dataset={"name": "digits"},
+        val_fraction=0.2,
+        test_fraction=0.2,
+        input_shape=shape,
+        num_classes=10,
+        model={"name": model, "params": model_params},
+        components={
+            "normalization": {"name": norm},
+            "activation": {"name": "relu"},
+            "pooling": {"name": "avg"},
+            "head": {"name": "linear"},
+            "initializer": {"name": init, "params": params or {}},
+        },
+        epochs=1,
+        train={},
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A standardized batch of digits with labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images[:48, None], dtype=torch.float32)
+    x = (x - x.mean()) / x.std()
+    return x, torch.tensor(bunch.target[:48])
+
+
+def build(init, sample=None, labels=None, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return build_model(config(init, **kwargs), sample, sample_labels=labels)
+
+
+def second_moments(model, x, kind):
+    """E[out^2] of every module of type ``kind``, in forward order."""
+    found = []
+    hooks = [m.register_forward_hook(lambda m, i, o: found.append(o.pow(2).mean().item())) for m in model.modules()
+             if isinstance(m, kind)]  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+# ---------------------------------------------------------------- every initializer, without data
+
+
+@pytest.mark.parametrize("init", INITIALIZERS)
+@pytest.mark.parametrize("model, shape", [("resnet", (1, 8, 8)), ("small_cnn", (3, 16))])
+def test_initializers_work_without_a_sample_batch(init, model, shape):
+    net = build_model(config(init, model=model, norm="batchnorm", shape=shape, width=4))
+    out = net(torch.randn(4, *shape))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- bn_gamma
+
+
+def test_bn_gamma_sets_every_batchnorm_scale_and_zeroes_shifts():
+    net = build("bn_gamma", norm="batchnorm", params={"gamma": 0.3}, depth=8, width=4)
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) > 5
+    for bn in bns:
+        assert torch.equal(bn.weight, torch.full_like(bn.weight, 0.3))
+        assert torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    conv = net.blocks[0].conv1  # He fan_in: std sqrt(2 / fan_in)
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / conv.weight[0].numel()), rel=0.15)
+
+
+def test_bn_gamma_scales_train_at_lr_over_c_without_weight_decay_and_follow_the_schedule():
+    net = build("bn_gamma", norm="batchnorm", depth=8, width=4)
+    train = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 1e-3}
+    opt = make_optimizer(net, train)
+    ScaleLearningRate(lr_divisor=100.0).setup(net, opt)
+    scales = {id(m.weight) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert len(groups) == len(list(net.parameters()))
+    for pid, group in groups.items():
+        expected = (0.001, 0.0) if pid in scales else (0.1, 1e-3)
+        assert (group["lr"], group["weight_decay"]) == pytest.approx(expected)
+    gamma = net.blocks[0].norm_act1[0].weight
+    before = gamma.detach().clone()
+    F.cross_entropy(net(torch.randn(8, 1, 8, 8)), torch.arange(8)).backward()
+    opt.step()
+    torch.testing.assert_close(gamma.detach(), before - 0.001 * gamma.grad)
+    schedule = make_schedule(opt, "cosine", 10)
+    for _ in range(5):
+        opt.step()
+        schedule.step()
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs[0] == pytest.approx(lrs[1] / 100) and lrs[1] < 0.1
+
+
+# ---------------------------------------------------------------- nf_residual
+
+
+def test_nf_residual_block_sums_scaled_shortcut_and_branch():
+    net = build("nf_residual", params={"branch_scale": 0.6}, depth=8, width=4)
+    block = net.blocks[1]  # a downsampling block: projection shortcut
+    assert block.norm2.scale.item() == pytest.approx(0.6) and block.shortcut.scale.item() == pytest.approx(0.8)
+    x = torch.randn(3, 4, 8, 8)
+    branch = block.norm2.module(block.conv2(block.norm_act1(block.conv1(x))))
+    expected = torch.relu(0.8 * block.shortcut.module(x) + 0.6 * branch)
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_nf_residual_keeps_the_signal_in_a_band_where_the_plain_sum_explodes():
+    x = torch.randn(32, 1, 8, 8)
+    nf = second_moments(build("nf_residual", depth=20, width=16), x, BasicBlock)
+    plain = second_moments(build("kaiming", params={"mode": "fan_in"}, depth=20, width=16), x, BasicBlock)
+    assert max(plain) / plain[0] > 20
+    assert 0.05 < min(nf) and max(nf) < 2.0
+    # at most the documented drift of about 0.75 per block, never growth
+    assert all(0.5 < b / a < 1.3 for a, b in zip(nf, nf[1:], strict=False))
+
+
+def test_nf_residual_learnable_scales_are_trained():
+    net = build("nf_residual", params={"learnable": True}, depth=8, width=4)
+    scales = [m.scale for m in net.modules() if isinstance(m, Scaled)]
+    assert len(scales) == 6 and all(isinstance(s, nn.Parameter) for s in scales)
+    net(torch.randn(4, 1, 8, 8)).pow(2).sum().backward()
+    assert all(s.grad is not None and s.grad.abs() > 0 for s in scales)
+
+
+# ---------------------------------------------------------------- gradinit
+
+
+def one_step_loss(net, x, y, eta=0.1):
+    """Loss on (x, y) after one normalized-gradient SGD step of length ``eta``, and the gradient norm."""
+    net.train()
+    grads = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    norm = torch.sqrt(sum(g.square().sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(net.parameters(), grads, strict=True):
+            p.sub_(eta * g / norm)
+        return F.cross_entropy(net(x), y).item(), norm.item()
+
+
+def test_gradinit_lowers_the_loss_after_one_step_and_the_gradient_norm(digits):
+    x, y = digits
+    base_loss, base_norm = one_step_loss(build("kaiming", depth=14, width=4), x, y)
+    net = build("gradinit", x, y, params={"iters": 8}, depth=14, width=4)
+    loss, norm = one_step_loss(net, x, y)
+    assert loss < base_loss - 0.05
+    assert norm < base_norm / 2
+
+
+def test_gradinit_without_labels_is_its_he_base_and_keeps_batchnorm_statistics(digits):
+    x, y = digits
+    base = build("kaiming", norm="batchnorm", depth=8, width=4)
+    unlabeled = build("gradinit", x, None, norm="batchnorm", depth=8, width=4)
+    for a, b in zip(base.state_dict().values(), unlabeled.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    net = build("gradinit", x, y, norm="batchnorm", params={"iters": 3}, depth=8, width=4)
+    for name, buf in net.named_buffers():
+        torch.testing.assert_close(buf, base.state_dict()[name])
+    assert any(not torch.equal(p, base.state_dict()[n]) for n, p in net.named_parameters())
+
+
+# ---------------------------------------------------------------- autoinit
+
+
+def test_mapped_moments_match_the_closed_form_for_relu_and_identity():
+    mean, var = mapped_moments(torch.relu, 0.0, 1.0)
+    assert mean == pytest.approx(1 / math.sqrt(2 * math.pi), abs=1e-4)
+    assert var == pytest.approx(0.5 - 1 / (2 * math.pi), abs=1e-4)
+    assert mapped_moments(lambda t: t, 0.3, 2.0) == pytest.approx((0.3, 2.0))
+
+
+def test_autoinit_gives_every_weighted_layer_unit_second_moment_on_a_plain_stack():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(3, 256, 5, padding=2), nn.ELU(), nn.Conv1d(256, 256, 3, padding=1), nn.Sigmoid(),
+        nn.Conv1d(256, 256, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256 * 64, 64),
+    )  # fmt: skip
+    x = torch.randn(64, 3, 64) * 2 + 1
+    autoinit(net, x)
+    moments = second_moments(net, x, (nn.Conv1d, nn.Linear))
+    assert moments == pytest.approx([1.0] * 4, rel=0.3)  # finite width: 256 channels
+
+
+def test_autoinit_keeps_a_deep_unnormalized_resnet_in_a_band(digits):
+    x, _ = digits
+    net = build("autoinit", x, depth=20, width=8)
+    convs = second_moments(net, x, nn.Conv2d)
+    assert 0.3 < min(convs) and max(convs) < 6.0
+    with torch.no_grad():
+        assert 0.3 < net(x).var().item() < 4.0
+    he = second_moments(build("kaiming", depth=20, width=8), x, nn.Conv2d)
+    assert max(he) / min(he) > 2 * max(convs) / min(convs)
+
+
+def test_autoinit_passes_unknown_modules_through_with_a_warning_and_falls_back_when_untraceable():
+    class Doubler(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.warns(UserWarning, match="no estimator for module Doubler"):
+        autoinit(nn.Sequential(nn.Linear(4, 4), Doubler(), nn.Linear(4, 4)))
+    with pytest.warns(UserWarning, match="cannot be traced"):
+        autoinit(Untraceable())

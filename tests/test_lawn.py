@@ -1,0 +1,75 @@
+"""LAWN: after the warm phase the final layers' weight norms stay at their end-of-warm values."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from autonorm_plugins.lawn import LAWN, final_homogeneous_weights
+
+from autonorm import build_model
+from tests.test_build import config
+
+
+def model_and_lawn(warm, epochs=4, norm="batchnorm"):
+    torch.manual_seed(0)
+    model = build_model(config(model="small_cnn", norm=norm, depth=2, width=8))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    lawn = LAWN(warm)
+    lawn.setup_data(None, None, epochs)
+    lawn.setup(model, optimizer)
+    return model, optimizer, lawn
+
+
+def steps(model, optimizer, lawn, n, epoch=None):
+    torch.manual_seed(1)
+    for _ in range(n):
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        lawn.after_step(model)
+    if epoch is not None:
+        lawn.end_epoch(model, epoch)
+
+
+def test_constrained_layers_are_those_after_the_last_normalization():
+    model, _, lawn = model_and_lawn(0.5)
+    assert lawn.weights == [model.head.weight]
+    torch.manual_seed(0)
+    plain = build_model(config(model="small_cnn", norm="none", depth=2, width=8))
+    assert final_homogeneous_weights(plain) == [plain.features[0].weight, plain.features[2].weight, plain.head.weight]
+
+
+def test_warm_phase_is_the_base_optimizer_then_norms_stay_fixed():
+    model, optimizer, lawn = model_and_lawn(warm=0.5)
+    reference = copy.deepcopy(model)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.05)
+    steps(model, optimizer, lawn, 5, epoch=0)
+    torch.manual_seed(1)
+    for _ in range(5):  # the same steps without LAWN
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        ref_opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        ref_opt.step()
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
+    assert lawn.norms == []
+    steps(model, optimizer, lawn, 1, epoch=1)  # end of the warm phase: norms recorded
+    recorded = model.head.weight.norm().item()
+    bias = model.head.bias.detach().clone()
+    steps(model, optimizer, lawn, 20)
+    assert model.head.weight.norm().item() == pytest.approx(recorded, rel=1e-6)
+    assert not torch.equal(model.head.bias, bias)  # biases train freely
+
+
+def test_projection_keeps_a_bias_free_head_function_up_to_scale():
+    model, _, lawn = model_and_lawn(warm=0.0)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        model.head.bias.zero_()
+        before = model.eval()(x)
+        model.head.weight.mul_(7.5)
+    lawn.after_step(model)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)

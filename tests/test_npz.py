@@ -1,0 +1,49 @@
+"""A user's own arrays: 1-D signals in an .npz file, with an explicit validation split."""
+
+import numpy as np
+import pytest
+
+import autonorm
+from autonorm import ComponentChoice, SpecError
+from autonorm.data import load_data
+from tests.conftest import write
+
+
+def make_signals(path, n=120, with_val=True):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n)
+    t = np.linspace(0, 1, 32)
+    x = np.sin(2 * np.pi * (y[:, None] + 1) * t)[:, None, :] + 0.1 * rng.normal(size=(n, 1, 32))
+    arrays = {"x": x.astype(np.float32), "y": y}
+    if with_val:
+        arrays |= {"x_val": x[:30].astype(np.float32), "y_val": y[:30]}
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_1d_search(tmp_path):
+    make_signals(tmp_path / "signals.npz")
+    space = write(
+        tmp_path / "sig.yaml",
+        "data: {dataset: npz, path: signals.npz}\nmodel: {backbone: resnet, width: 8}\n"
+        "space: {normalization: [groupnorm, batchnorm]}\ntrain: {epochs: 2, batch_size: 16}\nsearch: {trials: 2}\n",
+    )
+    results = autonorm.search(space)
+    assert results.best.config.input_shape == (1, 32) and results.best.config.num_classes == 3
+
+
+def test_npz_explicit_validation_split_is_used(tmp_path):
+    make_signals(tmp_path / "s.npz")
+    data = load_data(ComponentChoice(name="npz", params={"path": "s.npz"}), 0.2, 0.2)
+    assert len(data.x_val) == 30 and len(data.x_train) + len(data.x_test) == 120
+
+
+def test_npz_errors_name_the_problem(tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 1, 8), np.float32))
+    with pytest.raises(SpecError, match=r"missing array\(s\) \['y'\]"):
+        load_data(ComponentChoice(name="npz", params={"path": "bad.npz"}), 0.2, 0.2)
+    np.savez(tmp_path / "flat.npz", x=np.zeros((4, 8), np.float32), y=np.zeros(4, int))
+    with pytest.raises(SpecError, match=r"shape \(N, C, L\) or \(N, C, H, W\)"):
+        load_data(ComponentChoice(name="npz", params={"path": "flat.npz"}), 0.2, 0.2)
+    with pytest.raises(SpecError, match="no such file"):
+        load_data(ComponentChoice(name="npz", params={"path": "missing.npz"}), 0.2, 0.2)

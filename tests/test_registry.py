@@ -1,0 +1,75 @@
+"""Discovery through real entry points: built-ins, an installed third-party package, a broken one."""
+
+import pytest
+
+import autonorm
+from autonorm import Component, Registry
+from tests import testing_plugin
+from tests.conftest import write
+
+
+def test_builtins_come_through_the_entry_point_group():
+    registry = autonorm.get_registry(refresh=True)
+    bn = registry.get("normalization", "batchnorm")
+    assert bn.package == "autonorm" and bn.version == autonorm.__version__
+    assert bn.plugin == "baseline_norms" and bn.batch_dependent
+    assert set(registry.names("normalization")) >= {"batchnorm", "groupnorm", "layernorm", "instancenorm", "none"}
+    assert set(registry.names("activation")) >= {"elu", "relu", "and_ail", "or_ail", "xnor_ail"}
+    assert set(registry.names("model")) >= {"resnet", "small_cnn"}
+    assert set(registry.names("dataset")) >= {"digits", "npz"}
+    assert "Ioffe" in bn.doc or "Batch Normalization" in bn.summary
+
+
+def test_third_party_package_is_discovered_and_broken_one_reported(with_plugins):
+    registry = with_plugins
+    comp = registry.get("normalization", "sample_rms")
+    assert (comp.package, comp.version, comp.plugin) == ("autonorm-example-plugin", "1.2.3", "example")
+    assert comp.params["eps"].default == 1e-5
+    (failure,) = [f for f in registry.failures if f.plugin == "broken"]
+    assert failure.package == "autonorm-broken-plugin 0.0.1"
+    assert "ImportError: this plugin needs a library that is not installed" in failure.error
+    assert "batchnorm" in registry.names("normalization")  # the others still load
+
+
+def test_third_party_component_can_be_searched(with_plugins, tmp_path):
+    path = write(
+        tmp_path / "s.yaml",
+        "space: {normalization: [sample_rms]}\nmodel: {backbone: small_cnn, depth: 1, width: 4}\n"
+        "train: {epochs: 1}\nsearch: {trials: 1, pruner: none}\n",
+    )
+    results = autonorm.search(path)
+    assert results.best.config.components["normalization"].name == "sample_rms"
+
+
+def test_hook_that_raises_is_reported():
+    class Bad:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            raise ValueError("cannot build")
+
+    registry = Registry()
+    registry.register(Bad(), "bad", "bad-pkg 1.0")
+    assert registry.failures[0].error == "ValueError: cannot build"
+
+
+def test_duplicate_names_are_refused():
+    registry = Registry()
+    registry.register(testing_plugin, "first")
+
+    class Again:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            return [Component(kind="activation", name="raises", factory=lambda c: None)]
+
+    registry.register(Again(), "again")
+    assert "already registered by plugin 'first'" in registry.failures[0].error
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown kind 'normalisation'"):
+        Component(kind="normalisation", name="x", factory=lambda c: None)
+
+
+def test_unknown_lookup_suggests():
+    with pytest.raises(KeyError, match="did you mean 'batchnorm'"):
+        autonorm.get_registry().get("normalization", "batchnrom")

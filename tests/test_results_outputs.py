@@ -1,0 +1,284 @@
+"""What a study gives back: multi-objective search and its Pareto front, JSON-lines progress, trade-off
+choices in ``autonorm best``, the HTML report (rendered in headless Chromium) and ``autonorm train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+
+import optuna
+import pytest
+import torch
+import yaml
+
+import autonorm
+from autonorm.cli import main
+from autonorm.data import load_data
+from autonorm.results import StudyResults, TrialRecord, results_of
+from tests.conftest import TINY_SPACE, write
+
+MULTI_SPACE = """
+name: multi
+data: {dataset: digits}
+model: {backbone: small_cnn, depth: 1, width: 8}
+space:
+  normalization: [batchnorm, layernorm]
+  activation: [relu, elu]
+train:
+  epochs: 2
+  batch_size: 64
+  lr: {loguniform: [0.02, 0.2]}
+search:
+  trials: 5
+  sampler: random
+  objective: [val_accuracy, latency_ms]
+  seed: 0
+"""
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: str, code: int = 0) -> tuple[str, str]:
+        assert main(list(args)) == code
+        return capsys.readouterr()
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def multi_study(tmp_path_factory) -> tuple[str, str]:
+    """A finished multi-objective study, shared by the tests that only read it: (space file, storage URL)."""
+    folder = tmp_path_factory.mktemp("multi")
+    space = write(folder / "multi.yaml", MULTI_SPACE)
+    storage = f"sqlite:///{folder / 'multi.db'}"
+    assert main(["search", str(space), "--storage", storage, "-q"]) == 0
+    return str(space), storage
+
+
+# ---------------------------------------------------------------- the objective setting
+
+
+def test_objective_list_gets_a_direction_per_metric():
+    spec = autonorm.load_spec({"search": {"objective": ["val_accuracy", "latency_ms", "params"]}})
+    assert spec.search.objectives == ["val_accuracy", "latency_ms", "params"]
+    assert spec.search.directions == ["maximize", "minimize", "minimize"]
+    assert spec.search.multi_objective
+    single = autonorm.load_spec({"search": {"objective": "val_loss"}}).search
+    assert (single.objectives, single.directions, single.multi_objective) == (["val_loss"], ["minimize"], False)
+
+
+@pytest.mark.parametrize(
+    ("objective", "backend", "message"),
+    [
+        (["val_accuracy", "latncy_ms"], "optuna", "search.objective"),
+        (["val_accuracy", "val_accuracy"], "optuna", "repeated metrics"),
+        (["val_accuracy", "latency_ms"], "ray", "needs backend: optuna"),
+    ],
+)
+def test_bad_objectives_are_located_errors(tmp_path, objective, backend, message):
+    space = write(tmp_path / "s.yaml", json.dumps({"search": {"objective": objective, "backend": backend}}))
+    with pytest.raises(autonorm.SpecError, match=message):
+        autonorm.load_spec(space)
+
+
+def _told_study(values: list[tuple[float, ...]], directions: list[str]) -> optuna.Study:
+    study = optuna.create_study(directions=directions)
+    study.set_user_attr("objective", "val_accuracy")
+    study.set_user_attr("objectives", ["val_accuracy", "latency_ms", "params"][: len(directions)])
+    for v in values:
+        study.tell(study.ask(), v)
+    return study
+
+
+def test_pareto_front_is_optunas_best_trials():
+    rng = random.Random(0)
+    # a coarse grid of values makes ties and duplicate points, where dominance is easiest to get wrong
+    values = [tuple(rng.randint(0, 6) / 6 for _ in range(3)) for _ in range(60)]
+    study = _told_study(values, ["maximize", "minimize", "minimize"])
+    front = results_of(study, "").pareto_front
+    assert {t.number for t in front} == {t.number for t in study.best_trials}
+    assert [t.values[0] for t in front] == sorted((t.values[0] for t in front), reverse=True)
+
+
+def test_choose_takes_the_best_accuracy_under_a_bound():
+    def record(n: int, acc: float, latency: float) -> TrialRecord:
+        metrics = {"val_accuracy": acc, "latency_ms": latency}
+        return TrialRecord(n, "complete", acc, None, metrics, values=(acc, latency))
+
+    trials = [record(0, 0.9, 2.0), record(1, 0.8, 0.4), record(2, 0.85, 0.6), record(3, 0.7, 0.1)]
+    results = StudyResults("s", "", "val_accuracy", "maximize", trials, ["val_accuracy", "latency_ms"])
+    assert results.choose().number == 0
+    assert results.choose(at_most={"latency_ms": 0.5}).number == 1
+    assert results.choose(at_most={"latency_ms": 0.7}).number == 2
+    assert results.choose(by="latency_ms", at_least={"val_accuracy": 0.8}).number == 1
+    assert results.choose(at_most={"latency_ms": 0.05}) is None
+    assert [t.number for t in results.pareto_front] == [0, 2, 1, 3]
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_multi_objective_search_shows_the_pareto_front(multi_study, cli):
+    space, storage = multi_study
+    results = autonorm.load_study("multi", storage)
+    assert results.objectives == ["val_accuracy", "latency_ms"]
+    assert results.directions == ["maximize", "minimize"]
+    assert results.count("complete") == 5 and results.count("pruned") == 0
+    study = optuna.load_study(study_name="multi", storage=storage)
+    assert study.metric_names == ["val_accuracy", "latency_ms"]  # what optuna-dashboard labels the axes with
+    assert {t.number for t in results.pareto_front} == {t.number for t in study.best_trials}
+    out, _ = cli("results", space, "--storage", storage)
+    assert "Pareto front over val_accuracy ↑, latency_ms ↓" in out and "pareto" in out
+    for t in results.pareto_front:
+        assert f"{t.values[1]:.4g}" in out
+
+
+def test_best_with_a_bound_or_a_trial_number(multi_study, cli, tmp_path):
+    _, storage = multi_study
+    results = autonorm.load_study("multi", storage)
+    latencies = sorted(t.metrics["latency_ms"] for t in results.trials)
+    bound = latencies[len(latencies) // 2]
+    cli("best", "multi", "--storage", storage, "--max", f"latency_ms={bound}", "-o", "fast.yaml")
+    allowed = [t for t in results.trials if t.metrics["latency_ms"] <= bound]
+    expected = max(allowed, key=lambda t: (t.metrics["val_accuracy"], -t.number))
+    assert autonorm.TrialConfig.load(tmp_path / "fast.yaml") == expected.config
+    out, _ = cli("best", "multi", "--storage", storage, "--trial", "3")
+    assert autonorm.TrialConfig.model_validate(yaml.safe_load(out)) == results.trials[3].config
+    _, err = cli("best", "multi", "--storage", storage, "--max", "latency_ms=0", code=2)
+    assert "no completed trial has latency_ms <= 0" in err
+    with pytest.raises(SystemExit):
+        main(["best", "multi", "--storage", storage, "--max", "latncy_ms=1"])
+
+
+def test_jsonl_prints_one_object_per_finished_trial(tmp_path, cli):
+    space = write(
+        tmp_path / "tiny.yaml", TINY_SPACE.replace("epochs: 2", "epochs: 1").replace("trials: 3", "trials: 2")
+    )
+    out, err = cli("search", str(space), "--jsonl")
+    lines = [json.loads(line) for line in out.splitlines()]  # nothing but JSON on stdout
+    assert [line["number"] for line in lines] == [0, 1]
+    results = autonorm.load_study("tiny")
+    for line, trial in zip(lines, results.trials, strict=True):
+        assert line["state"] == trial.state == "complete"
+        assert line["value"] == trial.value and line["values"] == {"val_accuracy": trial.value}
+        assert line["config"] == trial.config.summary() and line["reason"] is None
+    assert "2 complete" in err
+
+
+def test_resuming_with_other_objectives_is_an_error(tmp_path, cli):
+    space = write(
+        tmp_path / "tiny.yaml", TINY_SPACE.replace("trials: 3", "trials: 1").replace("epochs: 2", "epochs: 1")
+    )
+    cli("search", str(space), "-q")
+    write(space, space.read_text().replace("seed: 0", "seed: 0\n  objective: [val_accuracy, params]"))
+    _, err = cli("search", str(space), "-q", code=2)
+    assert "optimizes ['val_accuracy'], not ['val_accuracy', 'params']" in err
+
+
+# ---------------------------------------------------------------- report
+
+FIGURE = 'class="plotly-graph-div"'
+
+
+def test_report_holds_every_plot_and_plotly_itself(multi_study, cli, tmp_path):
+    space, storage = multi_study
+    out, _ = cli("report", space, "--storage", storage, "-o", "report.html")
+    assert "report.html" in out
+    page = (tmp_path / "report.html").read_text()
+    for section in ("Optimization history", "Pareto front", "Hyperparameter importance", "Objective by choice"):
+        assert f"<h2>{section}</h2>" in page
+    assert "Learning curves of the best trials" in page and 'class="note"' not in page
+    assert page.count(FIGURE) == 5
+    assert page.count("plotly.js v") == 1 and "<script src=" not in page  # inlined once, nothing fetched
+
+
+def test_report_of_a_small_study_says_what_is_missing(tmp_path, cli):
+    space = write(
+        tmp_path / "tiny.yaml", TINY_SPACE.replace("trials: 3", "trials: 1").replace("epochs: 2", "epochs: 1")
+    )
+    cli("search", str(space), "-q")
+    cli("report", "tiny", "-o", "small.html")
+    page = (tmp_path / "small.html").read_text()
+    assert "Importances need at least 4 completed trials; this study has 1" in page
+    assert "No component kind varied among the completed trials" in page
+    assert "<h2>Pareto front</h2>" not in page and page.count(FIGURE) == 2  # history, learning curves
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="no chromium (CI installs it)")
+def test_report_renders_in_a_browser(multi_study, tmp_path):
+    assert CHROMIUM, "CI must have chromium: see .ci/run"
+    space, storage = multi_study
+    assert main(["report", space, "--storage", storage, "-o", "report.html"]) == 0
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    ).stdout
+    # plotly.js marks each div it has drawn, and draws its axes and traces as SVG inside it
+    assert len(re.findall(r'<div[^>]*class="[^"]*\bjs-plotly-plot\b', dom)) == 5
+    assert dom.count('class="main-svg"') >= 5 and "Pareto-optimal of 5 completed trials" in dom
+
+
+# ---------------------------------------------------------------- final training
+
+
+def test_train_scores_on_test_and_saves_a_reloadable_model(multi_study, cli, tmp_path):
+    _, storage = multi_study
+    cli("best", "multi", "--storage", storage, "-o", "best.yaml")
+    out, _ = cli("train", "best.yaml", "-o", "final")
+    assert "test accuracy" in out and "final" in out
+    config = autonorm.TrialConfig.load(tmp_path / "final" / "config.yaml")
+    assert config == autonorm.TrialConfig.load(tmp_path / "best.yaml")
+    metrics = json.loads((tmp_path / "final" / "metrics.json").read_text())
+
+    model = autonorm.build_model(config)
+    model.load_state_dict(torch.load(tmp_path / "final" / "model.pt", weights_only=True))
+    model.eval()
+    data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed)
+    with torch.no_grad():
+        accuracy = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+
+def test_python_train_outputs_match_the_reloaded_model(multi_study, tmp_path):
+    _, storage = multi_study
+    config = autonorm.load_study("multi", storage).best.config
+    trained = autonorm.train(config, tmp_path / "out")
+    reloaded = autonorm.load_trained(tmp_path / "out")
+    x = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed).x_test[:64]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), trained.model(x), rtol=0, atol=0)
+        fresh = autonorm.build_model(config).eval()
+        assert not torch.equal(fresh(x), trained.model(x))  # the weights, not the build, make the outputs
+
+
+def test_train_needs_a_test_split(multi_study, tmp_path, cli):
+    _, storage = multi_study
+    config = autonorm.load_study("multi", storage).best.config.model_copy(update={"test_fraction": 0.0})
+    write(tmp_path / "c.yaml", config.to_yaml())
+    _, err = cli("train", "c.yaml", code=2)
+    assert "no test split" in err

@@ -1,0 +1,108 @@
+"""Every mistake in a space file gets a located, readable error."""
+
+import pytest
+
+from autonorm import SpecError, load_spec
+from autonorm.params import Categorical, Fixed, IntRange
+from tests.conftest import TINY_SPACE, write
+
+
+def error_of(tmp_path, text: str) -> SpecError:
+    path = write(tmp_path / "space.yaml", text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    return info.value
+
+
+def test_valid_space(tmp_path):
+    spec = load_spec(write(tmp_path / "tiny.yaml", TINY_SPACE))
+    assert spec.name == "tiny"
+    assert [c.name for c in spec.space["normalization"]] == ["batchnorm", "groupnorm"]
+    assert spec.space["normalization"][1].params["groups"] == Categorical((2, 4))
+    assert spec.space["pooling"][0].name == "avg"  # kinds left out use their default component
+    assert spec.train["batch_size"] == Fixed(64)
+    assert spec.storage == "sqlite:///tiny.db"
+
+
+def test_search_keyword_uses_the_declared_range(tmp_path):
+    spec = load_spec(write(tmp_path / "s.yaml", "space: {normalization: {groupnorm: {groups: search}}}"))
+    assert spec.space["normalization"][0].params["groups"] == IntRange(1, 32, True)
+    assert spec.name == "s"
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path):
+    err = error_of(tmp_path, "name: x\nspace:\n  normalization: [batchnorm\n  activation: relu\n")
+    assert err.file.endswith("space.yaml")
+    assert err.line == 4 and err.column is not None
+    assert "invalid YAML" in str(err)
+
+
+def test_unknown_component_suggests_the_closest(tmp_path):
+    err = error_of(tmp_path, "space:\n  normalization:\n    gropnorm: {groups: [2]}\n")
+    text = str(err)
+    assert text.startswith(f"{tmp_path / 'space.yaml'}:3:5: space.normalization.gropnorm:")
+    assert "unknown normalization 'gropnorm'; did you mean 'groupnorm'?" in text
+    known = text.split("(known: ")[1].rstrip(")").split(", ")
+    assert known == sorted(known) and {"batchnorm", "groupnorm", "instancenorm", "layernorm", "none"} <= set(known)
+
+
+def test_unknown_component_in_a_list(tmp_path):
+    err = error_of(tmp_path, "space:\n  activation: [relu, rleu]\n")
+    assert "unknown activation 'rleu'; did you mean 'relu'?" in str(err)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    err = error_of(tmp_path, "train:\n  epochs: many\n")
+    assert err.path == "train.epochs" and err.line == 2
+    assert "valid integer" in err.message
+
+
+def test_wrong_param_type_names_the_key(tmp_path):
+    err = error_of(tmp_path, "space:\n  normalization:\n    groupnorm: {groups: [2, 4.5]}\n")
+    assert err.path == "space.normalization.groupnorm.groups"
+    assert "expected an integer, got 4.5" in err.message
+
+
+def test_empty_range_names_the_key(tmp_path):
+    err = error_of(tmp_path, "train:\n  lr: {loguniform: [0.5, 0.01]}\n")
+    assert err.path == "train.lr" and err.line == 2
+    assert "empty or inverted range" in err.message
+
+
+def test_unknown_parameter_lists_the_known_ones(tmp_path):
+    err = error_of(tmp_path, "space:\n  normalization:\n    groupnorm: {group: 4}\n")
+    assert "groupnorm has no parameter 'group' (parameters: groups)" in str(err)
+
+
+def test_unknown_key_and_unknown_kind(tmp_path):
+    assert error_of(tmp_path, "serch: {trials: 3}\n").path == "serch"
+    err = error_of(tmp_path, "space:\n  normalisation: [batchnorm]\n")
+    assert "did you mean 'normalization'?" in str(err)
+
+
+def test_python_object_tags_are_rejected_not_executed(tmp_path):
+    marker = tmp_path / "executed"
+    err = error_of(tmp_path, f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert "invalid YAML" in str(err) and err.line == 1
+    assert not marker.exists()
+
+
+def test_unknown_backend_and_bad_trials(tmp_path):
+    assert "optuna" in error_of(tmp_path, "search: {backend: nni}\n").message
+    assert error_of(tmp_path, "search: {trials: 0}\n").path == "search.trials"
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    assert "expected a mapping" in error_of(tmp_path, "- a\n- b\n").message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_mapping_source_without_a_file():
+    spec = load_spec({"name": "m", "space": {"activation": "elu"}})
+    assert [c.name for c in spec.space["activation"]] == ["elu"]
+    with pytest.raises(SpecError, match="space.activation.eluu: unknown activation"):
+        load_spec({"space": {"activation": "eluu"}})

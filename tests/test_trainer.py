@@ -1,0 +1,86 @@
+"""The training loop: it learns, reports every epoch, is reproducible, and stops a diverging run."""
+
+import pytest
+import torch
+
+from autonorm import ComponentChoice, TrainingMethod, TrialFailed, build_model
+from autonorm.data import load_data
+from autonorm.trainer import fit
+from tests.test_build import config
+
+TRAIN = {"batch_size": 64, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "schedule": "cosine"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
+
+
+def test_digits_split_is_fixed_and_standardized(digits):
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    assert len(digits.x_train) + len(digits.x_val) + len(digits.x_test) == 1797
+    assert abs(digits.x_train.mean().item()) < 1e-4
+    again = load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
+    assert torch.equal(again.y_val, digits.y_val)
+
+
+def test_fit_learns_reports_each_epoch_and_records_costs(digits):
+    torch.manual_seed(0)
+    model = build_model(config(model="small_cnn", depth=2, width=16))
+    reports = []
+    result = fit(model, digits, TRAIN, 3, report=lambda e, m: reports.append((e, m)))
+    assert [e for e, _ in reports] == [0, 1, 2]
+    assert result.metrics["val_accuracy"] > 0.8
+    assert result.metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert result.metrics["train_seconds"] > 0 and result.metrics["latency_ms"] > 0
+
+
+def test_fit_is_reproducible(digits):
+    def run():
+        torch.manual_seed(3)
+        return fit(build_model(config(model="small_cnn", depth=2, width=8)), digits, TRAIN, 1).metrics["val_loss"]
+
+    assert run() == run()
+
+
+def test_non_finite_loss_is_reported_as_diverged(digits):
+    from tests.helpers import registry_with_test_components
+
+    model = build_model(
+        config(model="small_cnn", norm="explode", depth=1, width=4), registry=registry_with_test_components()
+    )
+    with pytest.raises(TrialFailed, match="diverged: training loss became nan in epoch 1"):
+        fit(model, digits, TRAIN, 2)
+
+
+class Recorder(TrainingMethod):
+    """Counts the hook calls and replaces the loss by a constant one."""
+
+    def __init__(self):
+        self.calls = {"setup": 0, "batch": 0, "step": 0, "epochs": []}
+
+    def setup(self, model, optimizer):
+        self.calls["setup"] += 1
+
+    def transform_batch(self, x, y):
+        self.calls["batch"] += 1
+        return x[:-1], y[:-1]
+
+    def loss(self, model, x, y):
+        assert len(x) == 63  # sees the transformed batch
+        return model(x).sum() * 0 + 5.0
+
+    def after_step(self, model):
+        self.calls["step"] += 1
+
+    def end_epoch(self, model, epoch):
+        self.calls["epochs"].append(epoch)
+
+
+def test_training_methods_are_called_at_their_points(digits):
+    recorder = Recorder()
+    model = build_model(config(model="small_cnn", depth=1, width=4))
+    result = fit(model, digits, TRAIN, 2, methods=[recorder])
+    steps = 2 * (len(digits.x_train) // 64)
+    assert recorder.calls == {"setup": 1, "batch": steps, "step": steps, "epochs": [0, 1]}
+    assert result.metrics["train_loss"] == 5.0

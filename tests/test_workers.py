@@ -1,0 +1,141 @@
+"""Many worker processes on one study: SQLite refused, a worker killed mid-trial (its trial retried by
+another, none lost or duplicated), Ctrl-C recorded as interrupted and resumed. Real processes, a real
+PostgreSQL (see tests/pg.py) and a real journal file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import yaml
+from sqlalchemy.engine import make_url
+
+import autonorm
+from autonorm.backends.optuna import open_search_study
+from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR
+from autonorm.cli import main
+from autonorm.results import TrialRecord
+from autonorm.storage import open_storage
+from tests.conftest import AUTONORM, write
+from tests.pg import postgres_url  # noqa: F401 - a fixture
+
+SPACE = """
+name: {name}
+model: {{backbone: small_cnn, depth: 1, width: 8}}
+space: {{normalization: {{batchnorm: {{}}, groupnorm: {{groups: [2, 4]}}}}, activation: [relu, elu]}}
+train: {{epochs: {epochs}, batch_size: 32}}
+search: {{trials: {trials}, sampler: random, pruner: none, seed: 0}}
+"""
+
+#: Short heartbeats, so a killed worker's trial is found stale within seconds.
+FAST_HEARTBEATS = {"AUTONORM_HEARTBEAT_INTERVAL": "1", "AUTONORM_GRACE_PERIOD": "3"}
+
+
+def records(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials; none while the study is not created yet."""
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+
+
+def wait_for_trial_mid_training(url: str, name: str, procs, timeout: float = 480) -> optuna.trial.FrozenTrial:
+    """A running trial that has reported at least one epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t in records(url, name):
+            if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values:
+                return t
+        assert any(p.poll() is None for p in procs), "the workers exited before a trial was caught mid-training"
+        time.sleep(0.2)
+    raise AssertionError("no trial was seen mid-training")
+
+
+def test_sqlite_is_refused_for_several_workers_and_left_untouched(tmp_path, capsys):
+    space = write(tmp_path / "w.yaml", SPACE.format(name="w", epochs=1, trials=2))
+    assert main(["search", str(space), "--workers", "2", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "search.storage: sqlite:///w.db cannot be shared by 2 worker processes" in err
+    assert "journal:///" in err and "postgresql" in err
+    assert not (tmp_path / "w.db").exists()
+    assert main(["worker", "w", "--storage", "sqlite:///w.db"]) == 2
+
+
+def test_a_killed_worker_trial_is_retried_by_another_and_none_is_lost(tmp_path, postgres_url):  # noqa: F811
+    spec = autonorm.load_spec(yaml.safe_load(SPACE.format(name="k", epochs=3, trials=3)))
+    spec.search = spec.search.model_copy(update={"storage": postgres_url})
+    open_search_study(spec).set_user_attr(TARGET_ATTR, 3)
+    env = {**os.environ, **FAST_HEARTBEATS, STORAGE_ENV: postgres_url}
+    procs = [subprocess.Popen([AUTONORM, "worker", "k", "-q"], env=env) for _ in range(2)]
+    try:
+        victim = wait_for_trial_mid_training(postgres_url, "k", procs)
+        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        survivor = next(p for p in procs if p.pid != pid)
+        assert survivor.wait(timeout=600) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    trials = records(postgres_url, "k")
+    done = [t for t in trials if TrialRecord.from_frozen(t).counts_as_done]
+    assert len(done) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    killed = next(t for t in trials if t.number == victim.number)
+    assert killed.state == optuna.trial.TrialState.FAIL and "fail_reason" not in killed.user_attrs
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retried) == 1 and retried[0] in done and retried[0].params == victim.params
+    assert not [t for t in trials if t.state.is_finished() is False]
+    assert len({t.number for t in done}) == 3
+
+
+def test_ctrl_c_records_interrupted_trials_and_the_rerun_finishes_only_the_missing(tmp_path):
+    space = write(tmp_path / "c.yaml", SPACE.format(name="c", epochs=4, trials=3))
+    url = "journal:///c.log"
+    command = [AUTONORM, "search", str(space), "--workers", "2", "--storage", url, "-q"]
+    parent = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        wait_for_trial_mid_training(url, "c", [parent])
+        os.killpg(parent.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = parent.communicate(timeout=300)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 130 and "run the same command again to resume" in err
+    trials = records(url, "c")
+    assert not [t for t in trials if not t.state.is_finished()]  # no trial left running
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    assert interrupted and all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+    done_before = {t.number for t in trials if TrialRecord.from_frozen(t).counts_as_done}
+    assert len(done_before) < 3
+
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    after = records(url, "c")
+    done_after = {t.number for t in after if TrialRecord.from_frozen(t).counts_as_done}
+    assert len(done_after) == 3 and done_before <= done_after
+    assert all(
+        t.user_attrs.get("fail_reason") in ("interrupted", NOT_NEEDED) for t in after if t.number not in done_after
+    )
+
+
+def test_workers_share_a_postgres_study_and_finish_exactly_the_requested_trials(tmp_path, postgres_url):  # noqa: F811
+    url = postgres_url
+    space = write(tmp_path / "s.yaml", SPACE.format(name="s", epochs=1, trials=3))
+    proc = subprocess.run(
+        [AUTONORM, "search", str(space), "--workers", "2", "--storage", url, "-q"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "3 complete" in proc.stdout
+    assert make_url(url).password not in proc.stdout + proc.stderr
+    results = autonorm.load_study("s", url)
+    assert sum(t.counts_as_done for t in results.trials) == 3
+    assert {t.state for t in results.trials} <= {"complete", "failed"}
+    assert all(t.reason == NOT_NEEDED for t in results.trials if t.state == "failed")

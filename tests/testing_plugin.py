@@ -1,0 +1,52 @@
+"""Components used only by the tests: ones that diverge, raise, or declare combination rules."""
+
+import torch
+from torch import nn
+
+import autonorm
+from autonorm import Component
+
+
+class Explode(nn.Module):
+    """Scales features to overflow: any loss after it is not finite."""
+
+    def forward(self, x):
+        return x * torch.tensor(1e38) * 1e38
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom inside a trial")
+
+
+class Interrupt(nn.Module):
+    """Behaves like a user pressing Ctrl-C in the middle of a trial."""
+
+    def forward(self, x):
+        raise KeyboardInterrupt
+
+
+class Shift(nn.Module):
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x):
+        return x + self.bias.view(1, -1, *[1] * (x.dim() - 2))
+
+
+@autonorm.hookimpl
+def autonorm_components():
+    return [
+        Component(kind="normalization", name="explode", factory=lambda num_channels: Explode()),
+        Component(kind="activation", name="raises", factory=lambda num_channels: Raises()),
+        Component(kind="activation", name="interrupt", factory=lambda num_channels: Interrupt()),
+        Component(
+            kind="normalization",
+            name="shift_tanh",
+            factory=Shift,
+            own_activation=lambda num_channels: nn.Tanh(),
+        ),
+        Component(kind="normalization", name="no_elu", factory=Shift, excludes=("activation:elu",)),
+        Component(kind="pooling", name="needs_resnet", factory=lambda: nn.Flatten(2), requires=("model:resnet",)),
+    ]
