@@ -16,7 +16,7 @@ from autonorm import display
 from autonorm.api import search
 from autonorm.backends.optuna import done_count, open_search_study
 from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
-from autonorm.comparison import compare
+from autonorm.comparison import Comparison, compare, is_protocol, load_comparison
 from autonorm.errors import SpecError
 from autonorm.final import train
 from autonorm.registry import get_registry, unknown_name_message
@@ -27,7 +27,7 @@ from autonorm.testing import CHECKED_KINDS, check_component
 
 
 def _study_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", help="study name, or the search-space YAML file that made it")
+    parser.add_argument("study", help="study name, the search-space YAML file that made it, or a comparison protocol")
     parser.add_argument("--storage", help="storage URL (default: sqlite:///STUDY.db, or the space's search.storage)")
 
 
@@ -123,6 +123,9 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_results(args: argparse.Namespace, console: Console) -> int:
+    if is_protocol(args.study):
+        _print_comparison(load_comparison(args.study), console)
+        return 0
     results = _load(args)
     console.print(display.summary(results))
     console.print(display.leaderboard_table(results, args.top))
@@ -169,6 +172,11 @@ def cmd_best(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from autonorm.report import write_report  # plotly is imported only for reports
 
+    if is_protocol(args.study):
+        comparison = load_comparison(args.study)
+        path = write_report(comparison, args.output)
+        console.print(f"wrote the report of comparison {comparison.name} to {path}")
+        return 0
     name, url = _where(args)
     path = write_report(open_study(name, url), args.output, mask_url(url))
     console.print(f"wrote the report of study {name} to {path}")
@@ -217,12 +225,7 @@ def cmd_check_plugin(args: argparse.Namespace, console: Console) -> int:
     return 0 if ok else 1
 
 
-def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    def show(cell) -> None:
-        result = f"{cell.mean:.4f} ± {cell.ci95:.4f}" if cell.mean is not None else f"failed: {cell.error}"
-        console.print(f"  {cell.task} / {cell.candidate}: {result}", highlight=False)
-
-    comparison = compare(args.protocol, on_cell=None if args.quiet else show)
+def _print_comparison(comparison: Comparison, console: Console) -> None:
     console.print(display.comparison_table(comparison))
     friedman = comparison.friedman()
     console.print(
@@ -230,6 +233,14 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         if friedman
         else "Friedman test over tasks: needs at least 2 tasks and 3 candidates that completed them all"
     )
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    def show(cell) -> None:
+        result = f"{cell.mean:.4f} ± {cell.ci95:.4f}" if cell.mean is not None else f"failed: {cell.error}"
+        console.print(f"  {cell.task} / {cell.candidate}: {result}", highlight=False)
+
+    _print_comparison(compare(args.protocol, on_cell=None if args.quiet else show), console)
     return 0
 
 
@@ -310,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    # piped output (logs, CI) gets room for the tables; a terminal or $COLUMNS sets its own width
+    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
     try:
         return args.func(args, console)
     except SpecError as exc:

@@ -34,6 +34,7 @@ from autonorm.build import build_model, build_training_methods
 from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed
 from autonorm.registry import Registry, get_registry, unknown_name_message
+from autonorm.results import TrialRecord, open_study, results_of
 from autonorm.spec import SEARCHED_KINDS, SearchSpec, _locate, load_spec
 from autonorm.trainer import fit
 
@@ -96,6 +97,7 @@ class Comparison:
     candidates: list[str]
     baseline: str | None
     cells: dict[tuple[str, str], Cell]
+    seeds: int = 3
 
     def average_ranks(self) -> dict[str, float]:
         """Mean over tasks of each candidate's rank by mean accuracy (failed cells rank last)."""
@@ -134,6 +136,11 @@ class Comparison:
             elif len(diffs):
                 raw[c] = 1.0
         return holm(raw)
+
+    def mean_costs(self, candidate: str) -> dict[str, float]:
+        """A candidate's cost columns averaged over the tasks it completed."""
+        costs = [self.cells[t, candidate].costs for t in self.tasks if self.cells[t, candidate].costs]
+        return {k: float(np.mean([c[k] for c in costs])) for k in COST_KEYS} if costs else {}
 
     def records(self) -> list[dict[str, Any]]:
         ranks = self.average_ranks()
@@ -249,15 +256,32 @@ def _retrain(spec: SearchSpec, config, seed: int, registry: Registry) -> dict[st
     return {"test_accuracy": result.metrics["val_accuracy"], **{k: result.metrics[k] for k in COST_KEYS}}
 
 
+def _tuning_failure(trials: list[TrialRecord]) -> str:
+    return "; ".join(sorted({t.reason for t in trials if t.reason})) or "no tuning trial completed"
+
+
+def _cell(task: str, cand: str, done: Mapping[str, dict], seeds: int) -> Cell:
+    """The cell of a pair from its stored seed results (a seed that is missing is reported)."""
+    runs = [done[str(s)] for s in range(seeds) if str(s) in done]
+    ok = [r for r in runs if "error" not in r]
+    errors = [r["error"] for r in runs if "error" in r]
+    if len(runs) < seeds:
+        errors.append(f"not finished: {len(runs)} of {seeds} seeds run")
+    return Cell(
+        task,
+        cand,
+        accuracies=[r["test_accuracy"] for r in ok],
+        costs={k: float(np.mean([r[k] for r in ok])) for k in COST_KEYS} if ok else {},
+        error=errors[0] if errors else None,
+    )
+
+
 def run_pair(task: str, cand: str, spec: SearchSpec, seeds: int, registry: Registry) -> Cell:
     """Tune, then retrain the best setting once per seed; finished seeds are kept on the study."""
-    cell = Cell(task, cand)
     results = search(spec, registry=registry)
     best = results.best
     if best is None:
-        reasons = {t.reason for t in results.trials if t.reason}
-        cell.error = "; ".join(sorted(reasons)) or "no trial completed"
-        return cell
+        return Cell(task, cand, error=_tuning_failure(results.trials))
     study = open_search_study(spec)
     done: dict[str, dict] = dict(study.user_attrs.get("seed_results", {}))
     for seed in range(seeds):
@@ -267,13 +291,24 @@ def run_pair(task: str, cand: str, spec: SearchSpec, seeds: int, registry: Regis
             except TrialFailed as exc:
                 done[str(seed)] = {"error": str(exc)}
             study.set_user_attr("seed_results", done)
-    runs = [done[str(s)] for s in range(seeds)]
-    errors = [r["error"] for r in runs if "error" in r]
-    cell.accuracies = [r["test_accuracy"] for r in runs if "error" not in r]
-    cell.error = errors[0] if errors else None
-    ok = [r for r in runs if "error" not in r]
-    cell.costs = {k: float(np.mean([r[k] for r in ok])) for k in COST_KEYS} if ok else {}
-    return cell
+    return _cell(task, cand, done, seeds)
+
+
+def stored_pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
+    """What the storage holds for a pair, without training anything."""
+    try:
+        study = open_study(spec.name, spec.storage)
+    except SpecError as exc:
+        if exc.path not in ("study", "storage"):  # an unreachable database is an error, not "not run yet"
+            raise
+        return Cell(task, cand, error="not run yet")
+    done = study.user_attrs.get("seed_results", {})
+    if not done:
+        trials = results_of(study, spec.storage).trials
+        finished = [t for t in trials if t.state != "running"]
+        if len(finished) >= spec.search.trials and not any(t.state == "complete" for t in finished):
+            return Cell(task, cand, error=_tuning_failure(trials))
+    return _cell(task, cand, done, seeds)
 
 
 def compare(
@@ -287,14 +322,30 @@ def compare(
     >>> table.records()[0]["mean"]  # doctest: +SKIP
     """
     registry = registry or get_registry()
-    proto, specs = load_protocol(source, registry)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return _table(
+        source, registry, lambda task, cand, spec, seeds: run_pair(task, cand, spec, seeds, registry), on_cell
+    )
+
+
+def load_comparison(source: str | os.PathLike | Mapping[str, Any], registry: Registry | None = None) -> Comparison:
+    """The table of a comparison as far as it has run, read from its storage (nothing is trained)."""
+    return _table(source, registry or get_registry(), stored_pair)
+
+
+def _table(
+    source: str | os.PathLike | Mapping[str, Any],
+    registry: Registry,
+    pair: Callable[[str, str, SearchSpec, int], Cell],
+    on_cell: Callable[[Cell], None] | None = None,
+) -> Comparison:
+    proto, specs = load_protocol(source, registry)
     cells = {}
     for (task, cand), spec in specs.items():
         if isinstance(spec, SpecError):
             cells[task, cand] = Cell(task, cand, error=f"incompatible: {spec.message}")
         else:
-            cells[task, cand] = run_pair(task, cand, spec, proto.seeds, registry)
+            cells[task, cand] = pair(task, cand, spec, proto.seeds)
         if on_cell is not None:
             on_cell(cells[task, cand])
     return Comparison(
@@ -304,4 +355,14 @@ def compare(
         candidates=list(proto.candidates),
         baseline=proto.baseline,
         cells=cells,
+        seeds=proto.seeds,
     )
+
+
+def is_protocol(path: str | os.PathLike) -> bool:
+    """Whether a YAML file is a comparison protocol (it has ``kind`` and ``tasks``) rather than a space."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "tasks" in raw and "kind" in raw

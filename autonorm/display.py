@@ -10,6 +10,7 @@ from typing import IO, Any
 import optuna
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -199,25 +200,36 @@ class SearchProgress:
         self.progress.update(self.task, advance=1 if record.counts_as_done else 0, status=status + best)
 
 
+def _comparison_cell(cell: Any, seeds: int) -> str:
+    """``mean ± ci``; the seed count where fewer seeds than asked finished; the reason of a failure."""
+    if cell.mean is None:
+        return f"[red]{escape(cell.error or 'no result')}[/red]"
+    shown = f"{cell.mean:.3f} ± {cell.ci95:.3f}"
+    return shown if len(cell.accuracies) == seeds else f"{shown} [yellow](n={len(cell.accuracies)})[/yellow]"
+
+
 def comparison_table(comparison: Any) -> Table:
     """Mean test accuracy +- 95% CI per task and candidate, average rank, p vs baseline and costs."""
     ranks = comparison.average_ranks()
     pvalues = comparison.versus_baseline()
-    table = Table(title=f"{comparison.name}: {comparison.kind} compared on test accuracy", title_justify="left")
-    table.add_column(comparison.kind)
+    caption = f"test accuracy, mean ± 95% CI over {comparison.seeds} seeds; rank 1 is best"
+    if comparison.baseline:
+        caption += f"; p: Wilcoxon vs {comparison.baseline}, Holm-corrected"
+    table = Table(
+        title=f"{comparison.name}: {comparison.kind} compared on test accuracy",
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+    )
+    table.add_column(comparison.kind, no_wrap=True)
     for task in comparison.tasks:
-        table.add_column(task, overflow="fold")
-    p_column = f"p vs {comparison.baseline}" if comparison.baseline else "p"
-    for column in ("avg rank", p_column, "params", "train s", "latency ms"):
+        table.add_column(task, overflow="fold", min_width=13)
+    for column in ("rank", "p", "params", "train s", "latency ms"):
         table.add_column(column, justify="right")
     for cand in sorted(comparison.candidates, key=ranks.get):
         cells = [comparison.cells[t, cand] for t in comparison.tasks]
-        shown = [
-            f"{c.mean:.4f} ± {c.ci95:.4f} (n={len(c.accuracies)})" if c.mean is not None else f"[red]{c.error}[/red]"
-            for c in cells
-        ]
-        costs = [c.costs for c in cells if c.costs]
-        mean_cost = {k: sum(c[k] for c in costs) / len(costs) for k in costs[0]} if costs else {}
+        shown = [_comparison_cell(c, comparison.seeds) for c in cells]
+        mean_cost = comparison.mean_costs(cand)
         p = "baseline" if cand == comparison.baseline else _fmt(pvalues.get(cand), 3)
         table.add_row(
             cand,

@@ -18,8 +18,10 @@ from pathlib import Path
 import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from autonorm.comparison import COST_KEYS, Comparison
 from autonorm.results import StudyResults, TrialRecord, results_of
 from autonorm.spec import SEARCHED_KINDS
 
@@ -39,11 +41,12 @@ tr:nth-child(even) { background: #f5f5f5; } th { border-bottom: 2px solid #ccc; 
 """
 
 
-def write_report(study: optuna.Study, path: str | os.PathLike, storage: str = "") -> Path:
-    """Write the report of ``study`` to ``path`` (an ``.html`` file) and return the path."""
+def write_report(source: optuna.Study | Comparison, path: str | os.PathLike, storage: str = "") -> Path:
+    """Write the report of a study or a comparison to ``path`` (an ``.html`` file) and return the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(study, storage))
+    page = render_comparison_report(source) if isinstance(source, Comparison) else render_report(source, storage)
+    out.write_text(page)
     return out
 
 
@@ -61,6 +64,63 @@ def render_report(study: optuna.Study, storage: str = "") -> str:
     page.section("Objective by choice", _by_choice(results))
     page.section("Learning curves of the best trials", _curves(results, frozen))
     return page.render(f"autonorm report: {results.name}")
+
+
+def render_comparison_report(comparison: Comparison) -> str:
+    """The page of a comparison: its table, the test accuracies of every seed by task, the average ranks."""
+    page = _Page()
+    base = f" &middot; baseline {html.escape(comparison.baseline)}" if comparison.baseline else ""
+    page.html(
+        f"<h1>{html.escape(comparison.name)}</h1>"
+        f'<p class="meta">{html.escape(comparison.kind)} compared over {len(comparison.tasks)} tasks and '
+        f"{comparison.seeds} seeds per setting, on the held-out test split{base}</p>"
+    )
+    page.section("Test accuracy, mean ± 95% confidence interval", _comparison_table(comparison))
+    page.section("Test accuracy of every seed", _seed_boxes(comparison))
+    ranks = comparison.average_ranks()
+    order = sorted(ranks, key=ranks.get)
+    fig = go.Figure(go.Bar(x=order, y=[ranks[c] for c in order], marker_color=_PALETTE[0]))
+    fig.update_layout(title="average rank across tasks (1 is best)", yaxis_title="average rank")
+    page.section("Average rank", fig)
+    return page.render(f"autonorm comparison: {comparison.name}")
+
+
+def _comparison_table(comparison: Comparison) -> str:
+    ranks, pvalues = comparison.average_ranks(), comparison.versus_baseline()
+    rows = []
+    for cand in sorted(comparison.candidates, key=ranks.get):
+        cells = [comparison.cells[t, cand] for t in comparison.tasks]
+        shown = [
+            f"{c.mean:.4f} ± {c.ci95:.4f} (n={len(c.accuracies)})" if c.mean is not None else f"failed: {c.error}"
+            for c in cells
+        ]
+        cost = comparison.mean_costs(cand)
+        p = "baseline" if cand == comparison.baseline else _fmt(pvalues.get(cand))
+        rows.append((cand, *shown, f"{ranks[cand]:.2f}", p, *(_fmt(cost.get(k)) for k in COST_KEYS)))
+    columns = (comparison.kind, *comparison.tasks, "average rank", "p (Wilcoxon, Holm)", *COST_KEYS)
+    friedman = comparison.friedman()
+    test = (
+        f"Friedman test over tasks: chi2 = {friedman[0]:.3f}, p = {friedman[1]:.4g}."
+        if friedman
+        else "Friedman test over tasks: needs at least 2 tasks and 3 candidates that completed them all."
+    )
+    return _table(columns, rows) + f"<p>{html.escape(test)}</p>"
+
+
+def _seed_boxes(comparison: Comparison) -> Part:
+    cols = min(3, len(comparison.tasks))
+    rows = math.ceil(len(comparison.tasks) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=comparison.tasks)
+    for i, task in enumerate(comparison.tasks):
+        row, col = divmod(i, cols)
+        for j, cand in enumerate(comparison.candidates):  # one colour per candidate across the tasks
+            colour = qualitative.Plotly[j % len(qualitative.Plotly)]
+            accuracies = comparison.cells[task, cand].accuracies
+            box = go.Box(y=accuracies, name=cand, boxpoints="all", pointpos=0, showlegend=False, marker_color=colour)
+            fig.add_trace(box, row=row + 1, col=col + 1)
+        fig.update_yaxes(title_text="test accuracy", row=row + 1, col=col + 1)
+    fig.update_layout(height=380 * rows)
+    return fig
 
 
 # ------------------------------------------------------------------ page assembly

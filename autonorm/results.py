@@ -27,6 +27,7 @@ METRIC_KEYS = (
     "val_accuracy",
     "val_balanced_accuracy",
     "val_loss",
+    "val_ece",
     "train_loss",
     "train_seconds",
     "params",

@@ -104,13 +104,21 @@ OBJECTIVE_DIRECTIONS = {
     "val_accuracy": "maximize",
     "val_balanced_accuracy": "maximize",
     "val_loss": "minimize",
+    "val_ece": "minimize",
     "latency_ms": "minimize",
     "params": "minimize",
     "train_seconds": "minimize",
     "peak_memory_mb": "minimize",
 }
 Objective = Literal[
-    "val_accuracy", "val_balanced_accuracy", "val_loss", "latency_ms", "params", "train_seconds", "peak_memory_mb"
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_loss",
+    "val_ece",
+    "latency_ms",
+    "params",
+    "train_seconds",
+    "peak_memory_mb",
 ]
 
 

@@ -23,6 +23,9 @@ from autonorm.data import Data
 from autonorm.errors import TrialFailed
 from autonorm.training_method import TrainingMethod
 
+#: Equal-width confidence bins of the expected calibration error (the bar width 0.05 of JEM's reliability diagrams).
+ECE_BINS = 20
+
 #: Called after every epoch with (epoch, metrics); may raise to stop the trial (pruning).
 Reporter = Callable[[int, dict[str, float]], None]
 
@@ -158,25 +161,42 @@ def evaluate(
     autocast: Callable = contextlib.nullcontext,
     batch_size: int = 1024,
 ) -> dict[str, float]:
-    """Accuracy, balanced accuracy (mean of the per-class recalls, over the classes present) and mean
-    cross-entropy of ``model`` in eval mode."""
+    """Accuracy, balanced accuracy (mean of the per-class recalls, over the classes present), mean
+    cross-entropy and expected calibration error of ``model`` in eval mode.
+
+    ECE: the max softmax probability (confidence) of each sample falls in one of ``ECE_BINS`` equal-width
+    bins of [0, 1]; ECE = sum over bins of (n_b / N) * |accuracy_b - mean confidence_b| (empty bins add 0).
+    """
     model.eval()
     if len(x) == 0:
-        return {"val_accuracy": float("nan"), "val_balanced_accuracy": float("nan"), "val_loss": float("nan")}
+        return {name: float("nan") for name in ("val_accuracy", "val_balanced_accuracy", "val_loss", "val_ece")}
     num_classes = int(y.max()) + 1
     correct = torch.zeros(num_classes, device=x.device)
     loss = torch.zeros((), device=x.device)
+    bin_conf = torch.zeros(ECE_BINS, device=x.device)  # per confidence bin: sums of confidences and of hits
+    bin_hits = torch.zeros(ECE_BINS, device=x.device)
     for i in range(0, len(x), batch_size):
         with autocast():
             logits = model(x[i : i + batch_size]).float()
         target = y[i : i + batch_size]
         loss += F.cross_entropy(logits, target, reduction="sum")
-        correct += torch.bincount(target, weights=(logits.argmax(1) == target).float(), minlength=num_classes)
+        conf, pred = logits.softmax(1).max(1)
+        hit = (pred == target).float()
+        correct += torch.bincount(target, weights=hit, minlength=num_classes)
+        bins = (conf * ECE_BINS).long().clamp_(0, ECE_BINS - 1)  # bin b holds [b/B, (b+1)/B); 1.0 goes in the last
+        bin_conf.index_add_(0, bins, conf)
+        bin_hits.index_add_(0, bins, hit)
     counts = torch.bincount(y, minlength=num_classes)
     present = counts > 0
     balanced = (correct[present] / counts[present]).mean()
-    total, balanced, loss = torch.stack([correct.sum(), balanced, loss]).tolist()  # one host sync
-    return {"val_accuracy": total / len(x), "val_balanced_accuracy": balanced, "val_loss": loss / len(x)}
+    ece = (bin_hits - bin_conf).abs().sum() / len(x)  # (n_b / N) |acc_b - conf_b| = |hits_b - conf sum_b| / N
+    total, balanced, loss, ece = torch.stack([correct.sum(), balanced, loss, ece]).tolist()  # one host sync
+    return {
+        "val_accuracy": total / len(x),
+        "val_balanced_accuracy": balanced,
+        "val_loss": loss / len(x),
+        "val_ece": ece,
+    }
 
 
 @torch.no_grad()

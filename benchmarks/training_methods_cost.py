@@ -3,8 +3,9 @@
 Every method trains the same ResNet-8 (BatchNorm, same initial weights) on the digits training split
 through autonorm's trainer, with a tiny evaluation set so that the time is the training steps'. Runs
 are interleaved over repeats (machine-load drift hits all alike); the script prints the median seconds
-per step and the ratio to plain training. Methods run in their active phase from the first step
-(noise images with ``start=0``, LAWN with ``warm=0``).
+per step and the ratio to plain training with the same normalization (JEM refuses batch normalization,
+so it is timed on a GroupNorm ResNet). Methods run in their active phase from the first step (noise
+images with ``start=0``, LAWN with ``warm=0``, APR on every batch) with their default settings.
 
     python benchmarks/training_methods_cost.py [--epochs 3] [--repeats 5] [--device cpu]
 """
@@ -17,9 +18,14 @@ import statistics
 import time
 
 import torch
+from autonorm_plugins.afan import AFAN
+from autonorm_plugins.amplitude_phase import AmplitudePhaseRecombination
+from autonorm_plugins.eman import EMAN
+from autonorm_plugins.jem import JEM
 from autonorm_plugins.label_smoothing import LabelSmoothing
 from autonorm_plugins.lawn import LAWN
 from autonorm_plugins.noise_images import PureNoiseImages
+from autonorm_plugins.periodic_averaging import PSWA, PSWM, PWALKS
 from autonorm_plugins.sgt import SoftmaxGradientTampering
 from autonorm_plugins.stochastic_depth import StochasticDepth
 
@@ -29,14 +35,23 @@ from autonorm.trainer import fit
 
 TRAIN = {"batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "momentum": 0.9, "schedule": "cosine"}
 
+#: name -> (normalization of the ResNet, method); each ratio is against plain training with the same normalization.
 METHODS = {
-    "plain": TrainingMethod,
-    "noise_images": lambda: PureNoiseImages(start=0.0),
-    "noise_images (detach)": lambda: PureNoiseImages(start=0.0, noise_grad="detach"),
-    "stochastic_depth": StochasticDepth,
-    "lawn": lambda: LAWN(warm=0.0),
-    "sgt": SoftmaxGradientTampering,
-    "label_smoothing": LabelSmoothing,
+    "plain": ("batchnorm", TrainingMethod),
+    "noise_images": ("batchnorm", lambda: PureNoiseImages(start=0.0)),
+    "noise_images (detach)": ("batchnorm", lambda: PureNoiseImages(start=0.0, noise_grad="detach")),
+    "apr": ("batchnorm", lambda: AmplitudePhaseRecombination(prob=1.0)),
+    "afan": ("batchnorm", AFAN),
+    "stochastic_depth": ("batchnorm", StochasticDepth),
+    "lawn": ("batchnorm", lambda: LAWN(warm=0.0)),
+    "sgt": ("batchnorm", SoftmaxGradientTampering),
+    "eman": ("batchnorm", EMAN),
+    "pswa": ("batchnorm", PSWA),
+    "pwalks": ("batchnorm", PWALKS),
+    "pswm": ("batchnorm", PSWM),
+    "label_smoothing": ("batchnorm", LabelSmoothing),
+    "plain (groupnorm)": ("groupnorm", TrainingMethod),
+    "jem (groupnorm)": ("groupnorm", JEM),
 }
 
 
@@ -48,33 +63,38 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     data = load_data(ComponentChoice(name="digits"), 0.2, 0.2)
-    config = TrialConfig(
-        dataset={"name": "digits"},
-        val_fraction=0.2,
-        test_fraction=0.2,
-        input_shape=data.input_shape,
-        num_classes=10,
-        model={"name": "resnet", "params": {"depth": args.depth, "width": 16}},
-        components={
-            kind: {"name": name}
-            for kind, name in [
-                ("normalization", "batchnorm"),
-                ("activation", "relu"),
-                ("pooling", "avg"),
-                ("head", "linear"),
-                ("initializer", "kaiming"),
-            ]
-        },
-        epochs=args.epochs,
-        train=TRAIN,
-    )
-    torch.manual_seed(0)
-    base = build_model(config)
+
+    def config(norm: str) -> TrialConfig:
+        return TrialConfig(
+            dataset={"name": "digits"},
+            val_fraction=0.2,
+            test_fraction=0.2,
+            input_shape=data.input_shape,
+            num_classes=10,
+            model={"name": "resnet", "params": {"depth": args.depth, "width": 16}},
+            components={
+                kind: {"name": name}
+                for kind, name in [
+                    ("normalization", norm),
+                    ("activation", "relu"),
+                    ("pooling", "avg"),
+                    ("head", "linear"),
+                    ("initializer", "kaiming"),
+                ]
+            },
+            epochs=args.epochs,
+            train=TRAIN,
+        )
+
+    bases = {}
+    for norm in sorted({norm for norm, _ in METHODS.values()}):
+        torch.manual_seed(0)
+        bases[norm] = build_model(config(norm))
     steps = args.epochs * (len(data.x_train) // TRAIN["batch_size"])
     x_eval, y_eval = data.x_val[:8], data.y_val[:8]
 
-    def timed(make) -> float:
-        model = copy.deepcopy(base)
+    def timed(norm: str, make) -> float:
+        model = copy.deepcopy(bases[norm])
         torch.manual_seed(1)
         t0 = time.perf_counter()
         fit(model, data, {**TRAIN, "device": args.device}, args.epochs, x_eval=x_eval, y_eval=y_eval, methods=[make()])
@@ -82,17 +102,17 @@ def main() -> None:
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / steps
 
-    timed(TrainingMethod)  # warm-up
+    timed("batchnorm", TrainingMethod)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in METHODS}
     for _ in range(args.repeats):
-        for name, make in METHODS.items():
-            times[name].append(timed(make))
-    plain = statistics.median(times["plain"])
+        for name, (norm, make) in METHODS.items():
+            times[name].append(timed(norm, make))
+    plain = {norm: statistics.median(times["plain" if norm == "batchnorm" else f"plain ({norm})"]) for norm in bases}
     print(f"device={args.device} resnet-{args.depth} batch={TRAIN['batch_size']} steps={steps} repeats={args.repeats}")
     print(f"{'method':<24}{'ms/step':>10}{'ratio':>8}")
     for name, values in times.items():
         t = statistics.median(values)
-        print(f"{name:<24}{1000 * t:>10.2f}{t / plain:>8.2f}")
+        print(f"{name:<24}{1000 * t:>10.2f}{t / plain[METHODS[name][0]]:>8.2f}")
 
 
 if __name__ == "__main__":

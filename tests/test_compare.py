@@ -9,7 +9,8 @@ from scipy import stats
 import autonorm
 import autonorm.comparison as compare_module
 from autonorm import SpecError
-from autonorm.comparison import Cell, Comparison, holm, load_protocol
+from autonorm.comparison import Cell, Comparison, holm, load_comparison, load_protocol
+from tests.conftest import run_cli, write
 from tests.helpers import registry_with_test_components
 
 
@@ -126,3 +127,31 @@ def test_protocol_errors_name_the_place(tmp_path):
     with pytest.raises(SpecError, match="tasks.0: data.dataset: unknown dataset 'digit'"):
         tasks = [{"name": "d", "data": {"dataset": "digit"}}]
         load_protocol({**PROTOCOL, "tasks": tasks}, registry_with_test_components())
+
+
+def test_compare_results_and_report_through_the_cli(tmp_path):
+    protocol = write(
+        tmp_path / "p.yaml",
+        "name: cli_cmp\nkind: normalization\ncandidates: [batchnorm, groupnorm, layernorm]\nbaseline: batchnorm\n"
+        "tasks: [{name: digits, data: {dataset: digits}}, {name: tail, data: {dataset: digits, imbalance: 5}}]\n"
+        "model: {backbone: small_cnn, depth: 1, width: 8}\ntrain: {epochs: 1, batch_size: 64}\ntrials: 1\nseeds: 2\n",
+    )
+    before = load_comparison(protocol)
+    assert {c.error for c in before.cells.values()} == {"not run yet"}
+
+    proc = run_cli("compare", str(protocol), "-q")
+    assert "cli_cmp: normalization compared on test accuracy" in proc.stdout
+    assert "Friedman test over tasks:" in proc.stdout and "Wilcoxon vs batchnorm, Holm-corrected" in proc.stdout
+    stored = load_comparison(protocol)
+    cell = stored.cells["tail", "groupnorm"]
+    assert len(cell.accuracies) == 2 and cell.error is None
+    shown = f"{cell.mean:.3f} ± {cell.ci95:.3f}"
+    assert shown in proc.stdout
+
+    results = run_cli("results", str(protocol))
+    assert shown in results.stdout and "Friedman test over tasks" in results.stdout
+
+    run_cli("report", str(protocol), "-o", str(tmp_path / "cmp.html"))
+    page = (tmp_path / "cmp.html").read_text()
+    assert "Test accuracy of every seed" in page and "Average rank" in page
+    assert f"{cell.mean:.4f} ± {cell.ci95:.4f} (n=2)" in page and page.count('class="plotly-graph-div"') == 2
