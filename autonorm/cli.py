@@ -16,7 +16,7 @@ from autonorm import display
 from autonorm.api import search
 from autonorm.backends.optuna import done_count, open_search_study
 from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
-from autonorm.comparison import Comparison, compare, is_protocol, load_comparison
+from autonorm.comparison import Comparison, compare, is_protocol, load_comparison, load_protocol
 from autonorm.errors import SpecError
 from autonorm.final import train
 from autonorm.registry import get_registry, unknown_name_message
@@ -110,6 +110,19 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    if is_protocol(args.space):
+        proto, specs = load_protocol(args.space, get_registry())
+        failing = {pair: spec for pair, spec in specs.items() if isinstance(spec, SpecError)}
+        console.print(
+            f"[green]ok[/green] {args.space}: comparison {proto.name!r} of {proto.kind}, "
+            f"{len(proto.candidates)} candidates x {len(proto.tasks)} tasks, "
+            f"{proto.trials} tuning trials and {proto.seeds} seeds per pair"
+        )
+        console.print(f"  candidates: {', '.join(proto.candidates)}")
+        console.print(f"  tasks: {', '.join(task.name for task in proto.tasks)}")
+        for (task, cand), error in failing.items():
+            console.print(f"  [yellow]{cand} on {task} cannot run[/yellow]: {escape(error.message)}")
+        return 0
     spec = load_spec(args.space)
     console.print(
         f"[green]ok[/green] {args.space}: study {spec.name!r}, {spec.search.trials} trials, "
@@ -211,7 +224,8 @@ def cmd_check_plugin(args: argparse.Namespace, console: Console) -> int:
     kinds = [args.kind] if args.kind else [k for k in CHECKED_KINDS if (k, args.name) in registry]
     if not kinds:
         known = sorted({c.name for k in CHECKED_KINDS for c in registry.components(k)})
-        raise SpecError(unknown_name_message("component", args.name, known), path="check-plugin")
+        message = unknown_name_message("component", args.name, known) + registry.failure_note()
+        raise SpecError(message, path="check-plugin")
     ok = True
     for kind in kinds:
         report = check_component(args.name, kind=kind, registry=registry, raise_on_failure=False)

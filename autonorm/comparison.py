@@ -3,7 +3,11 @@
 For every (task, candidate) pair the protocol's shared hyperparameters (at least the learning rate)
 are tuned with the same small budget, as a study of its own in the protocol's storage; the best
 setting is then retrained with several seeds and scored on the held-out test split. Seed results are
-stored on the pair's study, so an interrupted comparison resumes without repeating finished seeds.
+stored on the pair's study, so an interrupted comparison resumes without repeating finished seeds;
+each pair's study is tagged with the user attributes ``comparison``, ``kind``, ``task`` and ``candidate``.
+A task's ``data`` is a search space's data section, paths included (an npz ``path``, a torchvision
+``root``): like a space's, they are read relative to the current directory. With ``search.backend: ray``
+the tuning trials run on Ray Tune (one Ray for the whole comparison) and the seed retraining in the driver.
 
 Statistics (per Demšar 2006, "Statistical Comparisons of Classifiers over Multiple Data Sets"):
 mean test accuracy with a 95% Student-t confidence interval over seeds; each candidate's average
@@ -14,9 +18,11 @@ the seed-paired accuracies of all tasks, Holm-corrected over the candidates.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,8 +282,19 @@ def _cell(task: str, cand: str, done: Mapping[str, dict], seeds: int) -> Cell:
     )
 
 
-def run_pair(task: str, cand: str, spec: SearchSpec, seeds: int, registry: Registry) -> Cell:
+def tag_study(spec: SearchSpec, tags: Mapping[str, str]) -> None:
+    """Mark a pair's study with its comparison, kind, task and candidate (Optuna user attributes)."""
+    study = open_search_study(spec)
+    for key, value in tags.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def run_pair(
+    task: str, cand: str, spec: SearchSpec, seeds: int, registry: Registry, tags: Mapping[str, str] | None = None
+) -> Cell:
     """Tune, then retrain the best setting once per seed; finished seeds are kept on the study."""
+    tag_study(spec, tags or {"task": task, "candidate": cand})
     results = search(spec, registry=registry)
     best = results.best
     if best is None:
@@ -294,7 +311,7 @@ def run_pair(task: str, cand: str, spec: SearchSpec, seeds: int, registry: Regis
     return _cell(task, cand, done, seeds)
 
 
-def stored_pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
+def stored_pair(task: str, cand: str, spec: SearchSpec, seeds: int, tags: Mapping[str, str] | None = None) -> Cell:
     """What the storage holds for a pair, without training anything."""
     try:
         study = open_study(spec.name, spec.storage)
@@ -323,29 +340,49 @@ def compare(
     """
     registry = registry or get_registry()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return _table(
-        source, registry, lambda task, cand, spec, seeds: run_pair(task, cand, spec, seeds, registry), on_cell
-    )
+    proto, specs = load_protocol(source, registry)
+    with _one_ray(specs.values()):
+        return _table(proto, specs, functools.partial(run_pair, registry=registry), on_cell)
+
+
+@contextmanager
+def _one_ray(specs: Iterable[SearchSpec | SpecError]) -> Iterator[None]:
+    """Start (or join) Ray once for a comparison whose pairs tune on Ray, rather than once per pair."""
+    on_ray = [s for s in specs if isinstance(s, SearchSpec) and s.search.backend == "ray"]
+    if not on_ray:
+        yield
+        return
+    import ray
+
+    from autonorm.backends.ray import connect  # Ray is imported only by comparisons that use it
+
+    started = connect(on_ray[0].search.ray.address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def load_comparison(source: str | os.PathLike | Mapping[str, Any], registry: Registry | None = None) -> Comparison:
     """The table of a comparison as far as it has run, read from its storage (nothing is trained)."""
-    return _table(source, registry or get_registry(), stored_pair)
+    proto, specs = load_protocol(source, registry or get_registry())
+    return _table(proto, specs, stored_pair)
 
 
 def _table(
-    source: str | os.PathLike | Mapping[str, Any],
-    registry: Registry,
-    pair: Callable[[str, str, SearchSpec, int], Cell],
+    proto: _Protocol,
+    specs: Mapping[tuple[str, str], SearchSpec | SpecError],
+    pair: Callable[..., Cell],
     on_cell: Callable[[Cell], None] | None = None,
 ) -> Comparison:
-    proto, specs = load_protocol(source, registry)
     cells = {}
     for (task, cand), spec in specs.items():
         if isinstance(spec, SpecError):
             cells[task, cand] = Cell(task, cand, error=f"incompatible: {spec.message}")
         else:
-            cells[task, cand] = pair(task, cand, spec, proto.seeds)
+            tags = {"comparison": proto.name, "kind": proto.kind, "task": task, "candidate": cand}
+            cells[task, cand] = pair(task, cand, spec, proto.seeds, tags=tags)
         if on_cell is not None:
             on_cell(cells[task, cand])
     return Comparison(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,15 +58,25 @@ def load_data(
     seed: int = 0,
     registry: Registry | None = None,
 ) -> Data:
-    """Load a dataset by its plugin name and split it; cached per process for repeated trials."""
-    key = json.dumps(dataset.params, sort_keys=True, default=str)
-    return _load(dataset.name, key, val_fraction, test_fraction, seed, registry or get_registry())
+    """Load a dataset by its plugin name and split it; cached per process for repeated trials.
+
+    The cache key holds, for every parameter naming an existing file or folder, its resolved path and
+    modification time: the same relative path in another directory, or a rewritten file, is read again.
+    """
+    files = {
+        key: [str(path.resolve()), path.stat().st_mtime_ns]
+        for key, value in dataset.params.items()
+        if isinstance(value, str) and (path := Path(value)).exists()
+    }
+    params = json.dumps(dataset.params, sort_keys=True, default=str)
+    return _load(dataset.name, params, json.dumps(files), val_fraction, test_fraction, seed, registry or get_registry())
 
 
 @functools.lru_cache(maxsize=4)
 def _load(
-    name: str, params_json: str, val_fraction: float, test_fraction: float, seed: int, registry: Registry
+    name: str, params_json: str, files: str, val_fraction: float, test_fraction: float, seed: int, registry: Registry
 ) -> Data:
+    """``files`` only keys the cache (see :func:`load_data`)."""
     comp = registry.get("dataset", name)
     arrays = comp.bind(json.loads(params_json))()
     _check_arrays(name, arrays)
@@ -73,13 +84,13 @@ def _load(
     if arrays.x_test is not None:
         x_test, y_test = arrays.x_test, arrays.y_test
     elif test_fraction > 0:
-        x, x_test, y, y_test = _split(x, y, test_fraction, seed)
+        x, x_test, y, y_test = _split(name, x, y, test_fraction, seed, "test_fraction")
     else:
         x_test, y_test = x[:0], y[:0]
     if arrays.x_val is not None:
         x_val, y_val = arrays.x_val, arrays.y_val
     else:
-        x, x_val, y, y_val = _split(x, y, val_fraction, seed + 1)
+        x, x_val, y, y_val = _split(name, x, y, val_fraction, seed + 1, "val_fraction")
     reduce = (0, *range(2, x.ndim))
     mean = x.mean(axis=reduce, keepdims=True)
     std = x.std(axis=reduce, keepdims=True) + 1e-6
@@ -94,10 +105,17 @@ def _load(
     return Data(features(x), labels(y), features(x_val), labels(y_val), features(x_test), labels(y_test), num_classes)
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+def _split(name: str, x: np.ndarray, y: np.ndarray, fraction: float, seed: int, key: str) -> tuple[np.ndarray, ...]:
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
-    return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify))
+    try:
+        return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify))
+    except ValueError as exc:  # too few samples for the fraction, or for one per class on each side
+        raise SpecError(
+            f"dataset {name}: cannot split {len(y)} samples of {np.count_nonzero(counts)} classes by "
+            f"{key} {fraction}: {exc}; give more samples or change {key}",
+            path=f"data.{key}",
+        ) from None
 
 
 def _check_arrays(name: str, arrays: Arrays) -> None:

@@ -100,8 +100,51 @@ def load_trained(out_dir: str | os.PathLike, registry: Registry | None = None) -
     """The model :func:`train` saved in ``out_dir``: built from its configuration, weights loaded, eval mode."""
     out = Path(out_dir)
     model = build_model(TrialConfig.load(out / CONFIG_FILE), registry=registry)
-    model.load_state_dict(torch.load(out / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    model.load_state_dict(_read_weights(out / WEIGHTS_FILE, model))
     return model.eval()
+
+
+def _read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict in ``path``, loaded as plain tensors only and checked against ``model``'s keys
+    and shapes, so a truncated, corrupted or foreign file is a :class:`SpecError` naming it."""
+    expected = f"expected a state_dict saved by `autonorm train` next to its {CONFIG_FILE}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise SpecError(f"cannot read the weights: {exc.strerror}; {expected}", file=str(path)) from None
+    except Exception:  # noqa: BLE001 - torch raises many types here; none of their texts helps the user
+        raise SpecError(
+            f"cannot load the weights: the file is truncated, corrupted or not a checkpoint of plain tensors; "
+            f"{expected}",
+            file=str(path),
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise SpecError(f"holds a {type(state).__name__}, not a state_dict of tensors; {expected}", file=str(path))
+    own = model.state_dict()
+    problems = []
+    if missing := [k for k in own if k not in state]:
+        problems.append(f"missing {_some(missing)}")
+    if unexpected := [k for k in state if k not in own]:
+        problems.append(f"unexpected {_some(unexpected)}")
+    if wrong := [k for k in own if k in state and state[k].shape != own[k].shape]:
+        k = wrong[0]
+        problems.append(
+            f"{len(wrong)} shape mismatch(es), e.g. {k} is {list(state[k].shape)} in the file, "
+            f"{list(own[k].shape)} in the model"
+        )
+    if problems:
+        raise SpecError(
+            f"the weights do not match the model of {CONFIG_FILE} ({'; '.join(problems)}); {expected}",
+            file=str(path),
+        )
+    return state
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{len(keys)} key(s): {', '.join(keys[:shown])}{more}"
 
 
 def _same_architecture(evaluated: nn.Module, trained: nn.Module) -> nn.Module:

@@ -2,7 +2,9 @@
 
 Every outcome is recorded on the trial: metrics and the configuration as user attributes, a failure's
 reason (and traceback for unexpected errors) as ``fail_reason``/``traceback``. Failures return NaN,
-which Optuna records as a failed trial, and the search goes on.
+which Optuna records as a failed trial, and the search goes on. A configuration the sampler proposes
+again is not trained again (unless ``search.retrain_repeats``): the trial takes the earlier trial's
+outcome and records ``repeat_of``, so a search spends no epochs on what it has already measured.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def make_objective(
 
         try:
             config = sample_config(trial, spec, data.input_shape, data.num_classes)
+            earlier = None if spec.search.retrain_repeats else earlier_trial(trial)
+            if earlier is not None:
+                return _repeat(trial, earlier, finish)
             trial.set_user_attr("config", config.model_dump(mode="json"))
             hook.autonorm_trial_started(
                 study_name=spec.name, number=trial.number, config=config.model_dump(mode="json")
@@ -83,3 +88,32 @@ def make_objective(
         return failed
 
     return objective
+
+
+def earlier_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """A finished trial of the same study that chose exactly the same parameters, if any.
+
+    A trial replayed away from its study (a Ray actor's ``FixedTrial``) has none to look in.
+    """
+    study = getattr(trial, "study", None)
+    if study is None:
+        return None
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for earlier in study.get_trials(deepcopy=False, states=states):
+        if earlier.number != trial.number and earlier.params == trial.params:
+            return earlier
+    return None
+
+
+def _repeat(
+    trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, finish: Callable[[str, dict[str, Any]], None]
+) -> float | tuple[float, ...]:
+    """Record a repeated configuration with the earlier trial's outcome, without training it again."""
+    for key, value in earlier.user_attrs.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("repeat_of", earlier.number)
+    if earlier.state == optuna.trial.TrialState.PRUNED:
+        raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, which was pruned")
+    metrics = {key: value for key, value in earlier.user_attrs.items() if isinstance(value, int | float)}
+    finish("complete", metrics)
+    return tuple(earlier.values) if len(earlier.values) > 1 else earlier.values[0]

@@ -36,6 +36,9 @@ KINDS = (
     "training",
 )
 
+#: Floating dtypes a component may declare in :attr:`Component.dtypes` (names of ``torch`` dtypes).
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
 #: Kinds whose components are nothing but a :class:`~autonorm.training_method.TrainingMethod`:
 #: their factory is ``f(**params) -> TrainingMethod``.
 METHOD_KINDS = ("augmentation", "training")
@@ -73,6 +76,9 @@ class Component:
     #: normalizations only: ``f(head, num_classes, **params) -> nn.Module`` wrapping the classifier head
     #: (MimicNorm puts a BatchNorm on the logits).
     head_wrapper: Callable[..., Any] | None = None
+    #: the floating dtypes (names from :data:`DTYPES`) the module runs in, forward and backward, when
+    #: converted with ``module.to(dtype)``; float32 is required. ``autonorm check-plugin`` checks each one.
+    dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16")
     doc: str = ""
     plugin: str = ""
     package: str = ""
@@ -81,6 +87,12 @@ class Component:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"component {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        object.__setattr__(self, "dtypes", tuple(self.dtypes))
+        unknown = [d for d in self.dtypes if d not in DTYPES]
+        if unknown or "float32" not in self.dtypes:
+            raise ValueError(
+                f"component {self.name!r}: dtypes {tuple(self.dtypes)} must include 'float32' and name only {DTYPES}"
+            )
         if not self.doc:
             object.__setattr__(self, "doc", inspect.getdoc(self.factory) or "")
         if self.kind in METHOD_KINDS and self.training_method is None:
@@ -166,7 +178,15 @@ class Registry:
         try:
             return self._components[(kind, name)]
         except KeyError:
-            raise KeyError(unknown_name_message(kind, name, self.names(kind))) from None
+            raise KeyError(unknown_name_message(kind, name, self.names(kind)) + self.failure_note()) from None
+
+    def failure_note(self) -> str:
+        """`` (plugin 'P' failed to load: ...)`` for an unknown-name error, or ``""``: the name may
+        belong to a plugin that could not be loaded."""
+        if not self.failures:
+            return ""
+        notes = [f"plugin {f.plugin!r} failed to load: {f.error.strip().splitlines()[0]}" for f in self.failures]
+        return f" ({'; '.join(notes)})"
 
     def names(self, kind: str) -> list[str]:
         return sorted(n for k, n in self._components if k == kind)

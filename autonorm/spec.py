@@ -136,6 +136,9 @@ class SearchSettings(_Section):
     timeout: float | None = Field(None, gt=0)
     #: Optuna backend: processes running trials side by side on this machine (they need a shared storage).
     workers: PositiveInt = 1
+    #: Optuna backend: train a configuration the sampler proposes again (TPE often does on categorical
+    #: spaces) instead of reusing the earlier trial's outcome.
+    retrain_repeats: bool = False
     ray: RaySettings = RaySettings()
 
     @model_validator(mode="after")

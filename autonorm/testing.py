@@ -15,10 +15,24 @@ hyperparameters and checked on 1-D ``(N, C, L)`` and 2-D ``(N, C, H, W)`` input 
   or fails in train mode with a ``ValueError``/``RuntimeError`` carrying a message.
 - ``state_dict``: a fresh instance loaded with the state dict of a trained, perturbed one gives the
   same eval output.
-- ``float64``: a float64 copy gives float64 output close to the float32 one.
+- ``float64``, ``bfloat16``, ``float16``: each dtype the component declares in ``Component.dtypes``
+  (default float32, float64, bfloat16): a copy converted with ``module.to(dtype)`` runs forward and
+  backward in train and eval mode with output and input gradient of that dtype, finite, and close to
+  the same computation in float32 (relative error within the dtype's precision).
 
 A normalization that brings its own activation (``own_activation``) or its own convolution
 (``conv``) has those checked too, as ``own_activation/...`` and ``conv/...``.
+
+A downsampling is built as ``factory(layers, C, 2C)`` from plain layers (conv, a batch-independent
+norm, ReLU) and given the same checks (of the dtypes, float64 only); its output has ``2C`` channels
+and every spatial size halved, rounding up. An initializer is run as ``init(model, sample_batch)``
+on a freshly built ResNet-8 (BatchNorm, ReLU) for 1-D and 2-D input, once without a sample batch
+and once with one (and its labels, where its signature names ``sample_labels``):
+
+- ``runs``: it completes.
+- ``deterministic``: two runs from the same torch seed give identical parameters and buffers.
+- ``finite_weights``: every parameter and buffer is finite afterwards.
+- ``finite_outputs``: the model's train and eval outputs are finite and of shape ``(N, classes)``.
 
 >>> from autonorm.testing import check_component
 >>> report = check_component("groupnorm", kind="normalization")
@@ -29,20 +43,24 @@ True
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import functools
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from autonorm.build import Layers
 from autonorm.errors import SpecError
 from autonorm.registry import Component, Registry, get_registry
 
 __all__ = ["CHECKED_KINDS", "CheckResult", "ContractError", "ContractReport", "check_component"]
 
 #: The kinds :func:`check_component` knows how to check.
-CHECKED_KINDS = ("normalization", "activation", "pooling", "head")
+CHECKED_KINDS = ("normalization", "activation", "pooling", "head", "downsampling", "initializer")
 
 _CHECKS = ("shape_dtype", "gradients", "batch_independence", "batch_size_1", "state_dict", "float64")
 
@@ -107,6 +125,7 @@ def check_component(
     params: Mapping[str, Any] | None = None,
     batch_dependent: bool | None = None,
     channel_ratio: float | None = None,
+    dtypes: Sequence[str] | None = None,
     channels: int = 16,
     registry: Registry | None = None,
     raise_on_failure: bool = True,
@@ -120,22 +139,33 @@ def check_component(
         params: hyperparameters for the factory (default: the component's declared defaults).
         batch_dependent: overrides the declaration (a bare factory defaults to False).
         channel_ratio: activations only: overrides the declaration (a bare factory defaults to 1).
+        dtypes: overrides the declared ``Component.dtypes`` (a bare factory gets the default).
         channels: channels (features, for a head) of the test input; 16 splits into the usual groups.
         registry: where names are looked up (default: every installed plugin).
         raise_on_failure: raise :class:`ContractError` naming the failed checks (default), or only
             return the report.
     """
     comp = _resolve(component, kind, registry)
+    if dtypes is not None:
+        comp = replace(comp, dtypes=tuple(dtypes))
     if comp.kind not in CHECKED_KINDS:
         raise SpecError(f"check-plugin checks kinds {', '.join(CHECKED_KINDS)}; {comp.name!r} is a {comp.kind}")
     factory = comp.bind(params)
     dependent = comp.batch_dependent if batch_dependent is None else batch_dependent
     ratio = comp.channel_ratio if channel_ratio is None else channel_ratio
     report = ContractReport(comp.name, comp.kind)
-    _check_all(report, "", comp.kind, factory, dependent, ratio, channels)
+    if comp.kind in ("downsampling", "initializer"):
+        if comp.kind == "downsampling":
+            _check_downsampling(report, factory, dependent, channels, comp.dtypes)
+        else:
+            _check_initializer(report, factory)
+        if raise_on_failure:
+            report.raise_if_failed()
+        return report
+    _check_all(report, "", comp.kind, factory, dependent, ratio, channels, comp.dtypes)
     if comp.kind == "normalization" and comp.own_activation is not None:
         own_activation = comp.bind_own_activation(params)
-        _check_all(report, "own_activation/", "activation", own_activation, dependent, 1.0, channels)
+        _check_all(report, "own_activation/", "activation", own_activation, dependent, 1.0, channels, comp.dtypes)
     if comp.kind == "normalization" and comp.conv is not None:
         _check_conv(report, comp.conv, channels)
     if raise_on_failure:
@@ -183,6 +213,8 @@ def _expected_shape(kind: str, x: torch.Tensor, ratio: float) -> tuple[int, ...]
         return (n, c)
     if kind == "head":
         return (n, _NUM_CLASSES)
+    if kind == "downsampling":
+        return (n, 2 * c, *(math.ceil(s / 2) for s in spatial))
     return tuple(x.shape)
 
 
@@ -194,9 +226,11 @@ def _input(batch: int, channels: int, spatial: tuple[int, ...], seed: int, dtype
 # ---------------------------------------------------------------- the checks
 
 
-def _check_all(report, prefix, kind, factory, dependent, ratio, channels) -> None:
+def _check_all(report, prefix, kind, factory, dependent, ratio, channels, dtypes=("float32", "float64")) -> None:
+    # float32 is what the other checks run in; each other declared dtype has a check of its name
+    checks = [c for c in _CHECKS if c != "float64"] + [d for d in dtypes if d != "float32"]
     for layout, spatial in _layouts(kind).items():
-        for check in _CHECKS:
+        for check in checks:
             name = f"{prefix}{check}{layout}"
             torch.manual_seed(0)
             try:
@@ -308,18 +342,61 @@ def _check_state_dict(module, kind, factory, spatial, channels, dependent, ratio
     )
 
 
-def _check_float64(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+#: Largest relative error ``||y - y_32|| / ||y_32||`` of the output and input gradient computed in a dtype
+#: against those computed in float32: bfloat16 keeps 8 significant bits (unit roundoff 2^-8, about 0.004),
+#: float16 11; for float64 the float32 reference's own rounding dominates.
+_DTYPE_TOLERANCE = {"float64": 1e-4, "bfloat16": 0.05, "float16": 0.01}
+
+
+def _forward_backward(module: nn.Module, x: torch.Tensor, train: bool) -> tuple[nn.Module, torch.Tensor, Any]:
+    """A copy of ``module``, its output on ``x`` and the input gradient of a fixed random weighting of it
+    (None when the output has no gradient)."""
+    module = copy.deepcopy(module).train(train)
+    x = x.detach().clone().requires_grad_()
+    torch.manual_seed(0)
+    out = module(x)
+    _require(out.dtype == x.dtype, f"{x.dtype} input gives {out.dtype} output (cast the result back)")
+    if not out.requires_grad:  # the gradients check reports it
+        return module, out, None
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.dtype)
+    (out * weights).sum().backward()
+    return module, out.detach(), x.grad
+
+
+def _check_dtype(module, kind, factory, spatial, channels, dependent, ratio, dtype_name="float64") -> None:
+    """Forward and backward of ``module.to(dtype)`` against the same computation in float32."""
+    dtype, tolerance = getattr(torch, dtype_name), _DTYPE_TOLERANCE[dtype_name]
     trained = copy.deepcopy(module).train()
     trained(_input(6, channels, spatial, 11))
-    x = _input(6, channels, spatial, 12)
-    ref = _forward(trained, x, train=False)
-    out = _forward(trained.double(), x.double(), train=False)
-    _require(out.dtype == torch.float64, f"float64 input gives {out.dtype} output")
-    diff = (out - ref.double()).abs().max().item()
-    _require(
-        torch.allclose(out, ref.double(), rtol=1e-3, atol=1e-3),
-        f"float64 output differs from float32 output by {diff:.3g}",
-    )
+    converted = copy.deepcopy(trained).to(dtype)
+    # the reference computes in float32 from the same (rounded) parameters, buffers and input, so that
+    # only the precision of the computation is compared, not that of the values (max pooling's ties)
+    reference = copy.deepcopy(converted).float()
+    x = _input(6, channels, spatial, 12).to(dtype)
+    for train in (True, False):
+        mode = "train" if train else "eval"
+        _, ref, ref_grad = _forward_backward(reference, x.float(), train)
+        try:
+            copied, out, grad = _forward_backward(converted, x, train)
+        except _CheckFailed as exc:
+            raise _CheckFailed(f"{mode} mode: {exc}") from None
+        _require(bool(torch.isfinite(out).all()), f"{mode} output in {dtype_name} is not finite")
+        if ref_grad is None:
+            _check_close(out, ref, f"{mode} output in {dtype_name}", tolerance)
+            continue
+        _require(grad is not None, f"{mode} mode: no gradient reaches the input in {dtype_name}")
+        _require(grad.dtype == dtype, f"{mode} mode: the input gradient is {grad.dtype}, expected {dtype}")
+        _require(bool(torch.isfinite(grad).all()), f"{mode} mode: the input gradient in {dtype_name} is not finite")
+        for pname, p in copied.named_parameters():
+            if p.grad is not None:
+                _require(bool(torch.isfinite(p.grad).all()), f"{mode} mode: the gradient of {pname!r} is not finite")
+        _check_close(out, ref, f"{mode} output in {dtype_name}", tolerance)
+        _check_close(grad, ref_grad, f"{mode} input gradient in {dtype_name}", tolerance)
+
+
+def _check_close(y: torch.Tensor, ref: torch.Tensor, what: str, tolerance: float) -> None:
+    error = ((y.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-12)).item()
+    _require(error <= tolerance, f"{what} differs from float32 by {error:.3g} (relative; tolerance {tolerance})")
 
 
 _RUN = {
@@ -328,7 +405,7 @@ _RUN = {
     "batch_independence": _check_batch_independence,
     "batch_size_1": _check_batch_size_1,
     "state_dict": _check_state_dict,
-    "float64": _check_float64,
+    **{name: functools.partial(_check_dtype, dtype_name=name) for name in _DTYPE_TOLERANCE},
 }
 
 
@@ -354,3 +431,139 @@ def _check_conv(report: ContractReport, conv: Callable[..., nn.Module], channels
             report.results.append(CheckResult(name, False, f"raised {type(exc).__name__}: {exc}"))
         else:
             report.results.append(CheckResult(name, True))
+
+
+def _record(report: ContractReport, name: str, run: Callable[[], None]) -> None:
+    """Run one check and add its result to ``report``: any error inside it fails that check."""
+    try:
+        run()
+    except _CheckFailed as exc:
+        report.results.append(CheckResult(name, False, str(exc)))
+    except Exception as exc:  # noqa: BLE001
+        report.results.append(CheckResult(name, False, f"raised {type(exc).__name__}: {exc}"))
+    else:
+        report.results.append(CheckResult(name, True))
+
+
+# ---------------------------------------------------------------- downsampling
+
+
+def _downsampling_layers(dims: int) -> Layers:
+    """Plain layers for a downsampling to build itself from: conv, a batch-independent norm, ReLU."""
+    pool = nn.AdaptiveAvgPool1d if dims == 1 else nn.AdaptiveAvgPool2d
+    return Layers(
+        dims=dims,
+        norm=lambda c: nn.GroupNorm(1, c),
+        act=lambda c: nn.ReLU(),
+        pool=lambda: nn.Sequential(pool(1), nn.Flatten(1)),
+        head=nn.Linear,
+    )
+
+
+def _check_downsampling(report, factory, dependent, channels, dtypes) -> None:
+    """The module checks (:func:`_check_all`'s) on ``factory(layers, channels, 2 * channels)``, per input
+    layout: the output has twice the channels and every spatial size halved (rounding up). Of the declared
+    dtypes only float64 is checked: in bfloat16, max pooling after a conv routes gradients differently from
+    float32 wherever rounding reorders near-equal values of a window."""
+    checks = [c for c in _CHECKS if c != "float64"] + [d for d in dtypes if d == "float64"]
+    for layout, spatial in _layouts("downsampling").items():
+        layers = _downsampling_layers(len(spatial))
+
+        def block(cin: int, layers: Layers = layers) -> nn.Module:
+            return factory(layers, cin, 2 * cin)
+
+        for check in checks:
+
+            def run(check: str = check, spatial: tuple[int, ...] = spatial, block=block) -> None:
+                torch.manual_seed(0)
+                module = _make("downsampling", block, channels)
+                _RUN[check](module, "downsampling", block, spatial, channels, dependent, 1.0)
+
+            _record(report, f"{check}{layout}", run)
+
+
+# ---------------------------------------------------------------- initializers
+
+
+def _init_model(shape: tuple[int, ...]) -> nn.Module:
+    """A freshly built ResNet-8 (BatchNorm, ReLU, average pooling, linear head) on ``shape`` inputs."""
+    registry = get_registry()
+    layers = Layers(
+        dims=len(shape) - 1,
+        norm=registry.get("normalization", "batchnorm").bind(),
+        act=registry.get("activation", "relu").bind(),
+        pool=registry.get("pooling", "avg").bind(),
+        head=registry.get("head", "linear").bind(),
+    )
+    return registry.get("model", "resnet").bind({"depth": 8, "width": 4})(shape, _NUM_CLASSES, layers)
+
+
+def _initialized(init: Callable[..., None], shape: tuple[int, ...], with_sample: bool) -> nn.Module:
+    """A model built with torch seed 0 and initialized with torch seed 1, as :func:`autonorm.build_model` calls
+    the initializer: ``init(model, sample_batch)``, plus ``sample_labels=`` where its signature names them."""
+    torch.manual_seed(0)
+    model = _init_model(shape)
+    batch = _input(12, shape[0], shape[1:], 14) if with_sample else None
+    labels = torch.arange(12) % _NUM_CLASSES if with_sample else None
+    takes_labels = "sample_labels" in inspect.signature(init).parameters
+    torch.manual_seed(1)
+    init(model, batch, **({"sample_labels": labels} if takes_labels else {}))
+    return model
+
+
+def _check_initializer(report: ContractReport, init: Callable[..., None]) -> None:
+    """Each initializer check on a ResNet-8 for 1-D and 2-D inputs, without and with a sample batch."""
+    for layout, spatial in _layouts("initializer").items():
+        shape = (3, *spatial)
+        for with_sample in (False, True):
+            suffix = f"{layout[:-1]}; {'with' if with_sample else 'no'} sample batch)"
+            models: list[nn.Module] = []  # two runs from the same seeds
+
+            def run(shape=shape, with_sample=with_sample, models=models) -> None:
+                models.extend(_initialized(init, shape, with_sample) for _ in range(2))
+
+            _record(report, f"runs{suffix}", run)
+            for check, fn in _INIT_RUN.items():
+                if len(models) == 2:
+                    _record(report, f"{check}{suffix}", functools.partial(fn, *models, shape))
+                else:
+                    report.results.append(CheckResult(f"{check}{suffix}", False, "not run: the initializer failed"))
+
+
+def _check_init_deterministic(model: nn.Module, again: nn.Module, shape: tuple[int, ...]) -> None:
+    first, second = model.state_dict(), again.state_dict()
+    _require(first.keys() == second.keys(), "two runs from the same torch seed give different state dict keys")
+    for name, value in first.items():
+        diff = (value.double() - second[name].double()).abs().max().item() if value.numel() else 0.0
+        same = torch.equal(value, second[name]) or (
+            value.is_floating_point() and bool(((value == second[name]) | (value.isnan() & second[name].isnan())).all())
+        )
+        _require(
+            same,
+            f"two runs from the same torch seed give different {name!r} (by {diff:.3g}); "
+            "draw random numbers from torch's global generator or a seeded one",
+        )
+
+
+def _check_init_finite_weights(model: nn.Module, again: nn.Module, shape: tuple[int, ...]) -> None:
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            _require(bool(torch.isfinite(value).all()), f"{name!r} is not finite after initialization")
+
+
+def _check_init_finite_outputs(model: nn.Module, again: nn.Module, shape: tuple[int, ...]) -> None:
+    x = _input(6, shape[0], shape[1:], 15)
+    for train in (True, False):
+        with torch.no_grad():
+            out = _forward(model, x, train)
+        mode = "train" if train else "eval"
+        expected = (6, _NUM_CLASSES)
+        _require(tuple(out.shape) == expected, f"{mode} output shape {tuple(out.shape)}, expected {expected}")
+        _require(bool(torch.isfinite(out).all()), f"the initialized model's {mode} output is not finite")
+
+
+_INIT_RUN = {
+    "deterministic": _check_init_deterministic,
+    "finite_weights": _check_init_finite_weights,
+    "finite_outputs": _check_init_finite_outputs,
+}

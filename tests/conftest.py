@@ -40,13 +40,14 @@ def plugin_site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def with_plugins(plugin_site, monkeypatch):
-    """Put the installed fixture plugins on the import path and reload the registry."""
-    monkeypatch.syspath_prepend(str(plugin_site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")]))
-    yield autonorm.get_registry(refresh=True)
+def with_plugins(plugin_site):
+    """Put the installed fixture plugins on the import path and reload the registry; undo both after."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(plugin_site))
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")]))
+        yield autonorm.get_registry(refresh=True)
     sys.modules.pop("autonorm_example_plugin", None)
-    autonorm.get_registry(refresh=True)
+    autonorm.get_registry(refresh=True)  # after the path is restored: the fixture plugins are gone
 
 
 @pytest.fixture(autouse=True)

@@ -5,15 +5,22 @@ except where the storage left intact is the point."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy as sa
+import torch
 import yaml
 from sqlalchemy.engine import make_url
 
 import autonorm
+from autonorm.backends import optuna as optuna_backend
 from autonorm.backends.optuna import open_search_study
+from autonorm.backends.workers import worker_spec
 from autonorm.cli import main
 from tests.conftest import write
 from tests.helpers import registry_with_test_components
@@ -114,3 +121,117 @@ def test_a_postgres_password_never_appears_in_any_command_output(tmp_path, capsy
         out, err = capsys.readouterr()
         assert password not in out + err, args
     assert "***" in out + err
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The folder ``autonorm train`` wrote for the best trial of a one-trial search."""
+    root = tmp_path_factory.mktemp("trained")
+    spec = {**yaml.safe_load(GOOD), "search": {"trials": 1, "pruner": "none", "storage": f"sqlite:///{root}/t.db"}}
+    autonorm.train(autonorm.search(spec).best.config, root / "out")
+    return root / "out"
+
+
+def _truncated(state: dict, path: Path) -> None:
+    torch.save(state, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _mismatched(state: dict, path: Path) -> None:
+    state = dict(state)
+    first, second = list(state)[:2]
+    del state[first]
+    state[second] = torch.zeros(*state[second].shape, 2)
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, path)
+
+
+#: (case id, how to spoil ``model.pt`` given the real state_dict, what the error must say)
+CHECKPOINTS = [
+    ("truncated", _truncated, "the file is truncated, corrupted or not a checkpoint of plain tensors"),
+    (
+        "garbage-bytes",
+        lambda state, path: path.write_bytes(bytes(range(256)) * 8),
+        "the file is truncated, corrupted or not a checkpoint of plain tensors",
+    ),
+    ("empty", lambda state, path: path.write_bytes(b""), "truncated, corrupted"),
+    (
+        "pickled-object",
+        lambda state, path: torch.save({"w": Fraction(1, 2)}, path),
+        "not a checkpoint of plain tensors",
+    ),
+    ("a-tensor", lambda state, path: torch.save(torch.zeros(3), path), "holds a Tensor, not a state_dict of tensors"),
+    ("missing", lambda state, path: path.unlink(), "cannot read the weights: No such file or directory"),
+    (
+        "mismatched-state-dict",
+        _mismatched,
+        "the weights do not match the model of config.yaml (missing 1 key(s): ",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, spoil, message", CHECKPOINTS, ids=[c[0] for c in CHECKPOINTS])
+def test_a_bad_checkpoint_is_a_clear_error_naming_the_file(trained, tmp_path, case, spoil, message):
+    out = shutil.copytree(trained, tmp_path / "out")
+    weights = out / "model.pt"
+    spoil(torch.load(weights, weights_only=True), weights)
+    with pytest.raises(autonorm.SpecError) as info:
+        autonorm.load_trained(out)
+    text = str(info.value)
+    assert info.value.file == str(weights) and text.startswith(f"{weights}: ")
+    assert message in text and "expected a state_dict saved by `autonorm train`" in text
+    assert "weights_only" not in text and "\n" not in text
+    if case == "mismatched-state-dict":
+        assert "unexpected 1 key(s): extra.weight" in text and "1 shape mismatch(es), e.g. " in text
+
+
+def test_a_good_checkpoint_still_loads(trained):
+    model = autonorm.load_trained(trained)
+    state = torch.load(trained / "model.pt", weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------- storage password in the study
+
+
+def _stored_space(study_name: str, url: str) -> dict:
+    return optuna.load_study(study_name=study_name, storage=url).user_attrs["space"]
+
+
+def test_the_stored_space_masks_a_postgres_password_and_workers_still_join(postgres_url):  # noqa: F811
+    password = make_url(postgres_url).password
+    spec = autonorm.load_spec({**yaml.safe_load(GOOD), "search": {"trials": 1, "storage": postgres_url}})
+    open_search_study(spec)
+    stored = _stored_space("intact", postgres_url)
+    assert stored["search"]["storage"] == make_url(postgres_url).render_as_string(hide_password=True)
+    assert "***" in stored["search"]["storage"]
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:  # nothing the dashboard can show holds it, in any table
+        rows = conn.execute(sa.text("SELECT value_json FROM study_user_attributes")).scalars().all()
+        system = conn.execute(sa.text("SELECT value_json FROM study_system_attributes")).scalars().all()
+    engine.dispose()
+    assert rows and not any(password in value for value in [*rows, *system])
+    # a worker gets the URL from its command line, not from the stored space
+    assert worker_spec("intact", postgres_url, autonorm.get_registry()).storage == postgres_url
+
+
+def test_the_stored_space_masks_the_password_of_any_storage_url(monkeypatch):
+    """Without a database server: the storage is replaced by an in-memory one, the URL in the spec
+    keeps a password, and what the study stores must not."""
+    memory = optuna.storages.InMemoryStorage()
+    monkeypatch.setattr(optuna_backend, "open_storage", lambda url: memory)
+    url = f"mysql+pymysql://user:{SECRET}@db.example/autonorm"
+    spec = autonorm.load_spec({**yaml.safe_load(GOOD), "search": {"storage": url}})
+    study = open_search_study(spec)
+    assert study.user_attrs["space"]["search"]["storage"] == "mysql+pymysql://user:***@db.example/autonorm"
+    assert SECRET not in json.dumps(study.user_attrs)
+    assert spec.storage == url and spec.raw["search"]["storage"] == url  # the spec itself keeps the real URL
+
+
+def test_an_sqlite_url_has_no_password_and_is_stored_as_written(tmp_path):
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    open_search_study(autonorm.load_spec({**yaml.safe_load(GOOD), "search": {"storage": url}}))
+    assert _stored_space("intact", url)["search"]["storage"] == url

@@ -1,6 +1,8 @@
 """Every command end to end. Two tests run the installed ``autonorm`` executable as a user does;
 the others call the same entry point in-process, because each new process spends seconds importing torch."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -53,6 +55,12 @@ def test_plugins_lists_components_with_package_and_params(with_plugins, cli):
 def test_validate_summarizes_the_space(tmp_path, cli):
     out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", TINY_SPACE)))
     assert "ok" in out and "normalization: batchnorm, groupnorm" in out and "searched: lr" in out
+
+
+def test_validate_summarizes_a_comparison_protocol(cli):
+    out, _ = cli("validate", str(Path(__file__).parent.parent / "search_spaces" / "compare_normalizations.yaml"))
+    assert "ok" in out and "comparison 'compare_normalizations' of normalization" in out
+    assert "5 candidates x 3 tasks" in out and "candidates: batchnorm, groupnorm" in out
 
 
 def test_search_resume_results_best(tmp_path, cli):

@@ -3,12 +3,14 @@
 import math
 
 import numpy as np
+import optuna
 import pytest
+from rich.console import Console
 from scipy import stats
 
 import autonorm
 import autonorm.comparison as compare_module
-from autonorm import SpecError
+from autonorm import Registry, SpecError, display
 from autonorm.comparison import Cell, Comparison, holm, load_comparison, load_protocol
 from tests.conftest import run_cli, write
 from tests.helpers import registry_with_test_components
@@ -155,3 +157,99 @@ def test_compare_results_and_report_through_the_cli(tmp_path):
     page = (tmp_path / "cmp.html").read_text()
     assert "Test accuracy of every seed" in page and "Average rank" in page
     assert f"{cell.mean:.4f} ± {cell.ci95:.4f} (n=2)" in page and page.count('class="plotly-graph-div"') == 2
+
+
+#: One epoch of a one-block CNN: enough for a cell to have numbers.
+FAST = {"model": {"backbone": "small_cnn", "depth": 1, "width": 8}, "train": {"epochs": 1, "batch_size": 64}}
+
+
+def test_pair_studies_are_tagged_with_comparison_task_candidate_and_kind():
+    protocol = {**PROTOCOL, **FAST, "candidates": ["batchnorm"], "baseline": None, "seeds": 1}
+    compare_module.compare(protocol, registry_with_test_components())
+    study = optuna.load_study(study_name="cmp.digits.batchnorm", storage="sqlite:///cmp.digits.batchnorm.db")
+    attrs = study.user_attrs
+    assert {k: attrs[k] for k in ("comparison", "task", "candidate", "kind")} == {
+        "comparison": "cmp",
+        "task": "digits",
+        "candidate": "batchnorm",
+        "kind": "normalization",
+    }
+
+
+def square_images(path, n=400, seed=0):
+    """A user's own 8x8 images in an .npz: the class is which quadrant is bright."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = 0.3 * rng.normal(size=(n, 1, 8, 8))
+    for i, c in enumerate(y):
+        x[i, 0, 4 * (c // 2) : 4 * (c // 2) + 4, 4 * (c % 2) : 4 * (c % 2) + 4] += 2.0
+    np.savez(path, x=x.astype(np.float32), y=y)
+    return path
+
+
+def test_a_users_npz_task_is_compared_next_to_digits(tmp_path):
+    square_images(tmp_path / "squares.npz")
+    tasks = [
+        {"name": "digits", "data": {"dataset": "digits"}},
+        {"name": "squares", "data": {"dataset": "npz", "path": "squares.npz", "test_fraction": 0.25}},
+    ]
+    protocol = {**PROTOCOL, "candidates": ["batchnorm", "groupnorm"], "tasks": tasks, "seeds": 2}
+    result = compare_module.compare(protocol, registry_with_test_components())
+    assert result.tasks == ["digits", "squares"]  # 4 classes: chance is 0.25
+    for cand in ("batchnorm", "groupnorm"):
+        cell = result.cells["squares", cand]
+        assert cell.error is None and len(cell.accuracies) == 2 and cell.mean > 0.4
+        assert result.cells["digits", cand].error is None
+    assert set(result.average_ranks()) == {"batchnorm", "groupnorm"}
+
+
+def test_a_third_party_normalization_runs_in_a_comparison(with_plugins):
+    protocol = {**PROTOCOL, "candidates": ["batchnorm", "sample_rms"], "seeds": 2}
+    lines = []
+    result = compare_module.compare(protocol, with_plugins, on_cell=lambda cell: lines.append(cell))
+    cell = result.cells["digits", "sample_rms"]
+    assert cell.error is None and len(cell.accuracies) == 2 and cell.mean > 0.2 and cell.costs["params"] > 0
+    assert [c.candidate for c in lines] == ["batchnorm", "sample_rms"]
+    shown = display.comparison_table(result)
+    console = Console(width=200, record=True)
+    console.print(shown)
+    text = console.export_text()
+    assert "sample_rms" in text and f"{cell.mean:.3f} ± {cell.ci95:.3f}" in text
+
+
+def test_a_candidate_incompatible_with_the_backbone_shows_why_while_the_others_finish():
+    # needs_resnet (a test pooling) requires the resnet backbone; the protocol uses small_cnn
+    pooling = {"kind": "pooling", "candidates": ["avg", "needs_resnet"], "baseline": "avg", "seeds": 1}
+    protocol = {**PROTOCOL, **FAST, **pooling}
+    result = compare_module.compare(protocol, registry_with_test_components())
+    bad, ok = result.cells["digits", "needs_resnet"], result.cells["digits", "avg"]
+    assert bad.mean is None and bad.error.startswith("incompatible: needs_resnet requires model 'resnet'")
+    assert ok.error is None and len(ok.accuracies) == 1
+    records = {r["candidate"]: r for r in result.records()}
+    assert records["needs_resnet"]["error"] == bad.error and records["avg"]["mean"] == ok.mean
+    console = Console(width=200, record=True)
+    console.print(display.comparison_table(result))
+    assert "needs_resnet requires model 'resnet'" in console.export_text()
+
+
+def test_a_protocol_on_the_ray_backend_runs_unchanged():
+    """The only test here that uses Ray: the comparison starts one local Ray for its pairs and stops it."""
+    ray = pytest.importorskip("ray")
+    registry = Registry()  # the built-in plugins only, which Ray's workers import as the driver does
+    registry.load_entry_points()
+    protocol = {
+        **PROTOCOL,
+        **FAST,
+        "candidates": ["batchnorm", "groupnorm"],
+        "seeds": 2,
+        "search": {"backend": "ray", "sampler": "random"},
+    }
+    result = autonorm.compare(protocol, registry)
+    assert not ray.is_initialized()
+    for cand in ("batchnorm", "groupnorm"):
+        cell = result.cells["digits", cand]
+        assert cell.error is None and len(cell.accuracies) == 2
+        stored = autonorm.load_study(f"cmp.digits.{cand}")
+        assert [t.state for t in stored.trials] == ["complete"]
+    again = load_comparison(protocol, registry)
+    assert again.cells["digits", "groupnorm"].accuracies == result.cells["digits", "groupnorm"].accuracies

@@ -115,6 +115,41 @@ def test_bn_gamma_scales_train_at_lr_over_c_without_weight_decay_and_follow_the_
     assert lrs[0] == pytest.approx(lrs[1] / 100) and lrs[1] < 0.1
 
 
+def peaks(model, x, kind):
+    """max |out| of every module of type ``kind``, in forward order."""
+    found = []
+    hooks = [m.register_forward_hook(lambda m, i, o: found.append(o.abs().max().item())) for m in model.modules()
+             if isinstance(m, kind)]  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+def test_bn_gamma_shrinks_the_overly_large_values_batchnorm_passes_on_in_a_deep_resnet(digits):
+    """Davis & Frank: with scale 1, BatchNorm still passes on overly large values (normalized values of several
+    standard deviations); a scale gamma < 1 shrinks them. On ResNet-20 at init, with the same weights, every
+    BatchNorm output, every block output and the logits are gamma times the standard ones (the net is positively
+    homogeneous between BatchNorms), so the initial predictions are near uniform. It is a uniform rescaling: the
+    residual stream still grows along each stage as with scale 1."""
+    x, y = digits
+    bn = nn.modules.batchnorm._BatchNorm
+    standard = build("kaiming", params={"mode": "fan_in"}, norm="batchnorm", depth=20, width=16)
+    small = build("bn_gamma", norm="batchnorm", depth=20, width=16)  # gamma = 0.1
+    large, shrunk = peaks(standard, x, bn), peaks(small, x, bn)
+    assert len(large) == 21 and min(large) > 3.5  # every BatchNorm passes on values beyond 3.5 std
+    assert shrunk == pytest.approx([0.1 * v for v in large], rel=0.01) and max(shrunk) < 0.7
+    stream, small_stream = second_moments(standard, x, BasicBlock), second_moments(small, x, BasicBlock)
+    assert small_stream == pytest.approx([0.01 * v for v in stream], rel=0.02)
+    assert stream[2] / stream[0] > 2 and small_stream[2] / small_stream[0] > 2  # 3 blocks per stage
+    with torch.no_grad():
+        logits, small_logits = standard(x), small(x)
+    torch.testing.assert_close(small_logits, 0.1 * logits, rtol=0.01, atol=2e-3)  # logits: rms 0.2
+    assert F.cross_entropy(logits, y).item() > math.log(10) + 1.0
+    assert F.cross_entropy(small_logits, y).item() == pytest.approx(math.log(10), abs=0.05)
+
+
 # ---------------------------------------------------------------- nf_residual
 
 

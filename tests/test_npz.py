@@ -47,3 +47,23 @@ def test_npz_errors_name_the_problem(tmp_path):
         load_data(ComponentChoice(name="npz", params={"path": "flat.npz"}), 0.2, 0.2)
     with pytest.raises(SpecError, match="no such file"):
         load_data(ComponentChoice(name="npz", params={"path": "missing.npz"}), 0.2, 0.2)
+
+
+def test_a_rewritten_file_or_the_same_relative_path_elsewhere_is_read_again(tmp_path, monkeypatch):
+    choice = ComponentChoice(name="npz", params={"path": "arrays.npz"})
+    for folder, rows in (("a", 100), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        np.savez(tmp_path / folder / "arrays.npz", x=np.zeros((rows, 1, 4, 4), np.float32), y=np.arange(rows) % 5)
+    monkeypatch.chdir(tmp_path / "a")
+    assert len(load_data(choice, 0.2, 0.0).x_train) == 80
+    monkeypatch.chdir(tmp_path / "b")
+    assert len(load_data(choice, 0.2, 0.0).x_train) == 160
+    np.savez(tmp_path / "b" / "arrays.npz", x=np.zeros((50, 1, 4, 4), np.float32), y=np.arange(50) % 5)
+    assert len(load_data(choice, 0.2, 0.0).x_train) == 40
+
+
+def test_too_few_samples_for_a_stratified_split_is_a_clear_error(tmp_path):
+    np.savez(tmp_path / "few.npz", x=np.zeros((30, 1, 4, 4), np.float32), y=np.arange(30) % 10)
+    with pytest.raises(SpecError, match=r"cannot split 30 samples of 10 classes by test_fraction 0.2") as info:
+        load_data(ComponentChoice(name="npz", params={"path": str(tmp_path / "few.npz")}), 0.2, 0.2)
+    assert info.value.path == "data.test_fraction"

@@ -5,7 +5,7 @@ import pytest
 import autonorm
 from autonorm import Component, Registry
 from tests import testing_plugin
-from tests.conftest import write
+from tests.conftest import run_cli, write
 
 
 def test_builtins_come_through_the_entry_point_group():
@@ -71,5 +71,39 @@ def test_unknown_kind_is_refused():
 
 
 def test_unknown_lookup_suggests():
-    with pytest.raises(KeyError, match="did you mean 'batchnorm'"):
-        autonorm.get_registry().get("normalization", "batchnrom")
+    with pytest.raises(KeyError, match="did you mean 'batchnorm'") as info:
+        autonorm.get_registry(refresh=True).get("normalization", "batchnrom")
+    assert "failed to load" not in str(info.value)  # no plugin failed: no note
+
+
+BROKEN_NOTE = "(plugin 'broken' failed to load: ImportError: this plugin needs a library that is not installed)"
+
+
+def test_unknown_name_says_which_plugin_failed_to_load(with_plugins, tmp_path):
+    space = {"model": {"backbone": "small_cnn"}, "space": {"normalization": ["broken_norm"]}}
+    with pytest.raises(autonorm.SpecError) as info:
+        autonorm.load_spec(space)
+    assert str(info.value).startswith("space.normalization.broken_norm: unknown normalization 'broken_norm'")
+    assert str(info.value).endswith(BROKEN_NOTE)
+
+    path = write(tmp_path / "s.yaml", "model: {backbone: small_cnn}\nspace: {normalization: [broken_norm]}\n")
+    for args in (["validate", str(path)], ["check-plugin", "broken_norm"]):
+        proc = run_cli(*args, check=False)
+        err = " ".join(proc.stderr.split())  # the console wraps long lines at its width
+        assert proc.returncode == 2 and err.startswith("error: ") and err.count("error:") == 1, args
+        assert "Traceback" not in err and BROKEN_NOTE in err, args
+
+
+def test_failure_note_keeps_each_failure_on_one_line():
+    class Bad:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            raise ValueError("first line\nsecond line")
+
+    registry = Registry()
+    registry.register(Bad(), "bad")
+    with pytest.raises(KeyError) as info:
+        registry.get("pooling", "avg")
+    assert info.value.args[0] == (
+        "unknown pooling 'avg' (known: none installed) (plugin 'bad' failed to load: ValueError: first line)"
+    )

@@ -2,6 +2,7 @@
 
 import math
 
+import optuna
 import pytest
 import torch
 
@@ -39,7 +40,7 @@ def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(tmp_p
     spec = load_spec(
         {
             "name": "failing",
-            "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
+            "model": {"backbone": "small_cnn", "depth": 1, "width": 8},
             "space": {"normalization": ["explode", "batchnorm"], "activation": ["raises", "relu"]},
             "train": {"epochs": 1},
             "search": {"trials": 8, "sampler": "random", "pruner": "none", "seed": 1},
@@ -70,7 +71,7 @@ def test_interrupted_trial_is_recorded_and_rerun_on_resume():
     registry = registry_with_test_components()
     space = {
         "name": "ctrl_c",
-        "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
+        "model": {"backbone": "small_cnn", "depth": 1, "width": 8},
         "space": {"activation": ["interrupt"]},
         "train": {"epochs": 1},
         "search": {"trials": 2, "pruner": "none"},
@@ -82,3 +83,33 @@ def test_interrupted_trial_is_recorded_and_rerun_on_resume():
     space["space"]["activation"] = ["relu"]
     resumed = autonorm.search(load_spec(space, registry), registry=registry)
     assert [t.state for t in resumed.trials] == ["failed", "complete", "complete"]
+
+
+def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_retrain(tmp_path):
+    def space(name: str, retrain: bool) -> dict:
+        return {
+            "name": name,
+            "model": {"backbone": "small_cnn", "depth": 1, "width": 8},
+            "space": {"normalization": ["batchnorm", "groupnorm"]},
+            "train": {"epochs": 1, "batch_size": 128, "lr": 0.05},
+            "search": {"trials": 5, "pruner": "none", "sampler": "random", "retrain_repeats": retrain,
+                       "storage": f"sqlite:///{tmp_path / 'repeats.db'}"},
+        }
+
+    reused = autonorm.search(space("reused", retrain=False))
+    trials = optuna.load_study(study_name="reused", storage=f"sqlite:///{tmp_path / 'repeats.db'}").trials
+    first = {}
+    for trial in trials:  # 5 trials over 2 configurations: each is trained once
+        norm = trial.params["normalization"]
+        if norm in first:
+            assert trial.user_attrs["repeat_of"] == first[norm].number and trial.value == first[norm].value
+            assert trial.user_attrs["train_seconds"] == first[norm].user_attrs["train_seconds"]
+        else:
+            first[norm] = trial
+            assert "repeat_of" not in trial.user_attrs
+    assert len(first) == 2 and reused.count("complete") == 5
+
+    autonorm.search(space("retrained", retrain=True))
+    trials = optuna.load_study(study_name="retrained", storage=f"sqlite:///{tmp_path / 'repeats.db'}").trials
+    assert not any("repeat_of" in t.user_attrs for t in trials)
+    assert len({t.user_attrs["train_seconds"] for t in trials}) == 5  # every one trained

@@ -6,6 +6,7 @@ was interrupted (Ctrl-C, or a worker that stopped sending heartbeats) is not cou
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,7 @@ from autonorm.objective import make_objective
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, results_of
 from autonorm.spec import SearchSpec
-from autonorm.storage import open_storage
+from autonorm.storage import mask_url, open_storage
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -37,7 +38,10 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     return {
         "none": optuna.pruners.NopPruner,
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
-        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        # first rung after a quarter of the epochs: at one epoch, slow starters that end best are cut
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=max(1, round(spec.epochs / 4)), reduction_factor=3
+        ),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
     }[spec.search.pruner]()
 
@@ -55,7 +59,7 @@ def open_search_study(spec: SearchSpec) -> optuna.Study:
     if "objective" not in study.user_attrs:
         study.set_user_attr("objective", spec.search.objectives[0])
         study.set_user_attr("objectives", spec.search.objectives)
-        study.set_user_attr("space", spec.raw)
+        study.set_user_attr("space", stored_space(spec))
         with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard labels the values with it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.search.objectives)
@@ -66,6 +70,17 @@ def open_search_study(spec: SearchSpec) -> optuna.Study:
             path="search.objective",
         )
     return study
+
+
+def stored_space(spec: SearchSpec) -> dict:
+    """The space file as kept in the study, its ``search.storage`` password masked: the study is
+    readable by anyone with the database (optuna-dashboard shows it), and workers are given the URL
+    (``autonorm worker --storage``) rather than reading it back."""
+    raw = copy.deepcopy(spec.raw)
+    search = raw.get("search")
+    if isinstance(search, dict) and isinstance(search.get("storage"), str):
+        search["storage"] = mask_url(search["storage"])
+    return raw
 
 
 def done_count(study: optuna.Study) -> int:
