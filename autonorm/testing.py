@@ -413,8 +413,8 @@ def _check_conv(report: ContractReport, conv: Callable[..., nn.Module], channels
     """A normalization's conv factory: the shape of ``nn.ConvNd``, and gradients to input and weight."""
     for dims, spatial in ((1, (12,)), (2, (6, 5))):
         layout = "(N,C,L)" if dims == 1 else "(N,C,H,W)"
-        name = f"conv/shape_gradients{layout}"
-        try:
+
+        def run(dims: int = dims, spatial: tuple[int, ...] = spatial) -> None:
             torch.manual_seed(0)
             module = conv(dims, channels, 2 * channels, 3, stride=2, padding=1, bias=False)
             ref = (nn.Conv1d if dims == 1 else nn.Conv2d)(channels, 2 * channels, 3, stride=2, padding=1)
@@ -425,12 +425,8 @@ def _check_conv(report: ContractReport, conv: Callable[..., nn.Module], channels
             _require(x.grad is not None and bool(x.grad.abs().sum() > 0), "no gradient reaches the input")
             for pname, p in module.named_parameters():
                 _require(p.grad is not None and bool(p.grad.abs().sum() > 0), f"no gradient reaches {pname!r}")
-        except _CheckFailed as exc:
-            report.results.append(CheckResult(name, False, str(exc)))
-        except Exception as exc:  # noqa: BLE001
-            report.results.append(CheckResult(name, False, f"raised {type(exc).__name__}: {exc}"))
-        else:
-            report.results.append(CheckResult(name, True))
+
+        _record(report, f"conv/shape_gradients{layout}", run)
 
 
 def _record(report: ContractReport, name: str, run: Callable[[], None]) -> None:

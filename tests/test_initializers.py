@@ -54,16 +54,21 @@ def build(init, sample=None, labels=None, seed=0, **kwargs):
     return build_model(config(init, **kwargs), sample, sample_labels=labels)
 
 
-def second_moments(model, x, kind):
-    """E[out^2] of every module of type ``kind``, in forward order."""
+def module_outputs(model, x, kind, statistic):
+    """``statistic(out)`` of every module of type ``kind``, in forward order."""
     found = []
-    hooks = [m.register_forward_hook(lambda m, i, o: found.append(o.pow(2).mean().item())) for m in model.modules()
+    hooks = [m.register_forward_hook(lambda m, i, o: found.append(statistic(o).item())) for m in model.modules()
              if isinstance(m, kind)]  # fmt: skip
     with torch.no_grad():
         model(x)
     for h in hooks:
         h.remove()
     return found
+
+
+def second_moments(model, x, kind):
+    """E[out^2] of every module of type ``kind``, in forward order."""
+    return module_outputs(model, x, kind, lambda out: out.pow(2).mean())
 
 
 # ---------------------------------------------------------------- every initializer, without data
@@ -117,14 +122,7 @@ def test_bn_gamma_scales_train_at_lr_over_c_without_weight_decay_and_follow_the_
 
 def peaks(model, x, kind):
     """max |out| of every module of type ``kind``, in forward order."""
-    found = []
-    hooks = [m.register_forward_hook(lambda m, i, o: found.append(o.abs().max().item())) for m in model.modules()
-             if isinstance(m, kind)]  # fmt: skip
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return found
+    return module_outputs(model, x, kind, lambda out: out.abs().max())
 
 
 def test_bn_gamma_shrinks_the_overly_large_values_batchnorm_passes_on_in_a_deep_resnet(digits):

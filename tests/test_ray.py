@@ -1,26 +1,31 @@
 """The Ray Tune backend against a real local Ray (one per module: it takes many seconds to start), and
-against a two-node Ray cluster started on 127.0.0.1 and stopped by the test. Searches are tiny."""
+against a two-node Ray cluster started on this machine and stopped by the test. Searches are tiny."""
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import os
+import secrets
 import signal
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import optuna
 import pytest
 import ray
 import torch
+from torch import nn
 
 import autonorm
-from autonorm import load_spec
+from autonorm import Component, load_spec
 from autonorm.backends.ray import connect
 from tests.conftest import AUTONORM, TINY_SPACE, write
 from tests.helpers import registry_with_test_components
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 ROOT = str(Path(__file__).parent.parent)
 RAY = str(Path(AUTONORM).parent / "ray")
@@ -38,11 +43,12 @@ def ray_space(name: str, trials: int, **search) -> dict:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module; its workers can import the test plugin (``tests``)."""
+    """One local Ray for the module, started as the backend starts one, with one (pretend) GPU; its
+    workers can import the test plugin (``tests``)."""
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     for attempt in range(2):  # a loaded machine may miss Ray's fixed 30 s start-up deadline once
         try:
-            connect(None)
+            connect(None, num_gpus=1)
             break
         except Exception:
             ray.shutdown()
@@ -54,7 +60,9 @@ def local_ray():
 
 def test_ray_search_writes_the_optuna_study_that_results_and_resume_read(local_ray):
     registry = registry_with_test_components()
+    handler = signal.getsignal(signal.SIGINT)
     results = autonorm.search(ray_space("ray_tiny", 2), registry=registry)
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C works as before once the search is over
     assert [t.state for t in results.trials] == ["complete", "complete"]
     loaded = autonorm.load_study("ray_tiny")
     assert [t.value for t in loaded.trials] == [t.value for t in results.trials]
@@ -79,41 +87,156 @@ def test_a_trial_that_raises_on_ray_is_recorded_with_its_traceback(local_ray):
     assert "Traceback" in frozen.user_attrs["traceback"] and "testing_plugin.py" in frozen.user_attrs["traceback"]
 
 
-def test_ray_started_here_serves_no_dashboard(local_ray):
-    """Only Ray's core servers listen (GCS and raylet; Ray 2.60 binds them to every interface, see the
-    module docstring of autonorm.backends.ray); no dashboard, no agent with an HTTP port."""
+def test_ray_started_here_listens_on_the_loopback_address_only(local_ray):
+    """Every listening socket of this Ray (GCS, raylet, workers, agents, the driver) is on 127.0.0.1,
+    and there is no dashboard."""
+    import psutil  # Ray's own copy, on the path once ray is imported
+
     session = Path(ray._private.worker.global_worker.node.get_session_dir_path()).name
-    listeners = {pid: listening_addresses([pid]) for pid in pids_mentioning(session)}
-    listeners = {pid: found for pid, found in listeners.items() if found}
-    assert listeners, "found no listening socket of this Ray"
-    programs = {Path((Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]).decode()).name for pid in listeners}
-    assert programs <= {"gcs_server", "raylet"}, programs
-    assert 8265 not in {port for found in listeners.values() for _, port in found}
+    me = psutil.Process()
+    processes = {me.pid, *(p.pid for p in me.children(recursive=True)), *pids_mentioning(session)}
+    listening = [
+        (c.pid, c.laddr)
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in processes
+    ]
+    programs = {psutil.Process(pid).name() for pid, _ in listening}
+    assert {"gcs_server", "raylet"} <= programs, programs
+    assert all(addr.ip in LOOPBACK for _, addr in listening), listening
+    assert 8265 not in {addr.port for _, addr in listening}
+    assert ray._private.worker.global_worker.node.node_ip_address == "127.0.0.1"
+
+
+class Meet(nn.Module):
+    """An activation that, the first time it trains in a process, marks ``folder`` and waits (up to
+    30 s) for a mark of another process: two trials meet only if they run at the same time."""
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+
+    def forward(self, x):
+        mark = self.folder / str(os.getpid())
+        if self.training and not mark.exists():
+            mark.touch()
+            deadline = time.monotonic() + 30
+            while len(list(self.folder.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            mark.write_text(str(len(list(self.folder.iterdir()))))
+        return torch.relu(x)
+
+
+class MeetPlugin:
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    @autonorm.hookimpl
+    def autonorm_components(self):
+        return [Component(kind="activation", name="meet", factory=partial(_meet, self.folder))]
+
+
+def _meet(folder: str, num_channels: int) -> Meet:
+    return Meet(folder)
+
+
+def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(local_ray, tmp_path):
+    assert ray.cluster_resources().get("GPU") == 1
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    registry = registry_with_test_components()
+    registry.register(MeetPlugin(folder), "meet")
+    space = ray_space("ray_gpu", 2, ray={"resources_per_trial": {"cpu": 1, "gpu": 0.5}, "max_concurrent": 2})
+    space["space"]["activation"] = ["meet"]
+    space["train"]["device"] = "cpu"  # the GPU is Ray's bookkeeping only; the trials train on the CPU
+    results = autonorm.search(space, registry=registry)
+    assert [t.state for t in results.trials] == ["complete", "complete"]
+    marks = {p.name: p.read_text() for p in folder.iterdir()}
+    assert len(marks) == 2 and set(marks.values()) == {"2"}, marks  # both trials saw the other running
+
+
+def test_asha_on_ray_finishes_exactly_the_requested_trials(local_ray):
+    registry = registry_with_test_components()
+    space = ray_space("ray_asha", 4, pruner="asha")
+    results = autonorm.search(space, registry=registry)
+    assert len(results.trials) == 4 and {t.state for t in results.trials} <= {"complete", "pruned"}
+    study = optuna.load_study(study_name="ray_asha", storage="sqlite:///ray_asha.db")
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(list(t.intermediate_values) == [0] for t in pruned)  # stopped at the first rung
+    again = autonorm.search(space, registry=registry)  # all counted as done: nothing more to run
+    assert [t.number for t in again.trials] == [0, 1, 2, 3]
+
+
+def test_ctrl_c_stops_a_ray_search_records_interrupted_and_exits_130(tmp_path):
+    """The same ending as the local backend: stdout stays JSON lines (Tune prints nothing there)."""
+    space = write(
+        tmp_path / "stop.yaml",
+        TINY_SPACE.replace("name: tiny", "name: stop")
+        .replace("epochs: 2", "epochs: 200")
+        .replace("seed: 0", "seed: 0\n  backend: ray"),
+    )
+    proc = subprocess.Popen(
+        [AUTONORM, "search", str(space), "--jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(t.state.name == "RUNNING" and t.intermediate_values for t in trials_of("stop")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no trial was seen training"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines and all(line["state"] == "failed" and line["reason"] == "interrupted" for line in lines)
+    trials = trials_of("stop")
+    assert trials and all(t.user_attrs.get("fail_reason") == "interrupted" for t in trials)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
 
 
 def test_search_on_a_two_node_cluster(tmp_path):
-    # every process of this cluster names its temp dir (short: Ray's socket paths must fit in 107 bytes),
-    # so the test stops exactly those
+    # Ray 2.60 puts both nodes on the machine's network address (it replaces 127.0.0.1: nodes of a
+    # cluster must reach each other). Every process of this cluster names its temp dir (short: Ray's
+    # socket paths must fit in 107 bytes), so the test stops exactly those.
     temp = Path(tempfile.mkdtemp(prefix="anr", dir="/tmp"))
     port = "6391"
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(temp), "--disable-usage-stats"]
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    # its own token (Ray's token authentication), whatever ~/.ray holds or a ray.init here enabled
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, "PYTHONPATH": ROOT, **token}
     try:
         subprocess.run(
             [RAY, "start", "--head", "--port", port, "--include-dashboard", "false", *common], check=True, env=env
         )
         subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common], check=True, env=env)
+        head = (temp / "ray_current_cluster").read_text().strip()
+        # a trial takes one CPU (the default), a node has one, and Tune starts max_concurrent trials at
+        # once: one on each node
         space = write(
             tmp_path / "cluster.yaml",
             TINY_SPACE.replace("name: tiny", "name: cluster")
             .replace("epochs: 2", "epochs: 1")
-            .replace("seed: 0", f"seed: 0\n  backend: ray\n  ray: {{address: '127.0.0.1:{port}'}}"),
+            .replace("seed: 0", "seed: 0\n  backend: ray\n  ray: {address: auto, max_concurrent: 2}"),
         )
-        proc = subprocess.run([AUTONORM, "search", str(space), "-q"], capture_output=True, text=True, env=env)
+        proc = subprocess.run(  # `auto`: the cluster named by RAY_ADDRESS, as Ray looks it up
+            [AUTONORM, "search", str(space), "--jsonl", "-q"],
+            capture_output=True,
+            text=True,
+            env={**env, "RAY_ADDRESS": head},
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "3 complete" in proc.stdout
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout: JSON lines only
+        assert [line["state"] for line in lines] == ["complete"] * 3
         study = optuna.load_study(study_name="cluster", storage="sqlite:///cluster.db")
-        assert all(len(t.user_attrs["ray_node"]) == 56 for t in study.trials)  # ran as Ray tasks of the cluster
+        nodes = {t.user_attrs["ray_node"] for t in study.trials}
+        assert len(nodes) == 2, nodes  # ran on both nodes of the cluster
     finally:
         for pid in pids_mentioning(str(temp)):
             try:
@@ -140,30 +263,9 @@ def pids_mentioning(text: str) -> list[int]:
     return found
 
 
-def listening_addresses(pids: list[int]) -> list[tuple[str, int]]:
-    """(host, port) of every TCP socket these processes listen on."""
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:
-            continue
-    found = []
-    for table, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                host, port = fields[1].split(":")
-                found.append((_host(host, family), int(port, 16)))
-    return found
-
-
-def _host(hexed: str, family: int) -> str:
-    raw = bytes.fromhex(hexed)
-    if family == 4:
-        return ".".join(str(b) for b in reversed(raw))
-    words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
-    return str(ipaddress.IPv6Address(b"".join(words)))
+def trials_of(name: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of the study in ``NAME.db``; none while it is not created yet."""
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{name}.db").get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - not created yet, or the database is being written
+        return []

@@ -32,16 +32,19 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, max(2, spec.search.trials // 3)))
 
 
+def first_rung(spec: SearchSpec) -> int:
+    """ASHA's first rung, in epochs: a quarter of the training (at one epoch, slow starters that end
+    best are cut; benchmarks/search_efficiency.py measured it)."""
+    return max(1, round(spec.epochs / 4))
+
+
 def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     if spec.search.multi_objective:  # Optuna does not prune multi-objective studies
         return optuna.pruners.NopPruner()
     return {
         "none": optuna.pruners.NopPruner,
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
-        # first rung after a quarter of the epochs: at one epoch, slow starters that end best are cut
-        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=max(1, round(spec.epochs / 4)), reduction_factor=3
-        ),
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(spec), reduction_factor=3),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
     }[spec.search.pruner]()
 

@@ -9,9 +9,12 @@ and sends its metrics, failure reason and traceback back in its last report. Onl
 touches the storage, so the workers of a cluster need no route to the database.
 
 The data is put once in Ray's object store (``tune.with_parameters``), not sent with every trial,
-and actors are reused between trials. A Ray started here has no dashboard and names 127.0.0.1 as its
-node address; Ray 2.60's own GCS and raylet gRPC servers still listen on every interface (Ray offers
-no setting to bind them), so on a shared network keep their ports behind a firewall.
+and actors are reused between trials. A Ray started here has no dashboard and runs on the loopback
+address: its GCS, raylet, workers and agents listen on 127.0.0.1 only, so nothing of it can be
+reached from other machines (Ray 2.60 would otherwise replace a ``127.0.0.1`` node address by the
+machine's network address and listen on every interface). Tune's console output is off, so
+``--jsonl`` keeps stdout to its JSON lines; Ctrl-C stops the trials, records them as interrupted
+and ends the search with :class:`KeyboardInterrupt`, as the local backend does.
 """
 
 from __future__ import annotations
@@ -19,19 +22,25 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import tempfile
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
 import ray
 from optuna.trial import TrialState
 from ray import tune
+from ray._private import ray_constants
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
-from autonorm.backends.optuna import Callback, done_count, make_sampler, open_search_study
+from autonorm.backends.optuna import Callback, done_count, first_rung, make_sampler, open_search_study
 from autonorm.data import Data, load_data
 from autonorm.errors import TrialFailed
 from autonorm.objective import make_objective
@@ -61,8 +70,9 @@ def run_ray(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, spec=spec, data=data, registry=registry), resources
     )
+    stop = StopOnSignal()
     try:
-        with tempfile.TemporaryDirectory(prefix="autonorm-ray-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="autonorm-ray-") as scratch, stop.catching():
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -73,7 +83,7 @@ def run_ray(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] 
                     reuse_actors=True,
                     time_budget_s=spec.search.timeout,
                 ),
-                run_config=tune.RunConfig(name=spec.name, storage_path=scratch, verbose=0),
+                run_config=tune.RunConfig(name=spec.name, storage_path=scratch, verbose=0, stop=stop),
             )
             with warnings.catch_warnings():  # ask/tell on a heartbeat storage: heartbeats serve the workers
                 warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
@@ -82,19 +92,73 @@ def run_ray(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] 
         searcher.interrupt_unfinished()
         if started_here:
             ray.shutdown()
+    if stop.signalled:
+        raise KeyboardInterrupt
     return results_of(study, spec.storage)
 
 
-def connect(address: str | None) -> bool:
-    """Join the Ray at ``address`` (``auto``: this machine's cluster), or start a local one; True if started."""
+def connect(address: str | None, **local: Any) -> bool:
+    """Join the Ray at ``address`` (``auto``: this machine's cluster), or start a local one on the
+    loopback address (``local``: more ``ray.init`` options, such as ``num_gpus``); True if started."""
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
         ray.init(address=address, **quiet)
-    else:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+        return True
+    # Ray turns a node address of 127.0.0.1 into the machine's network address unless multi-node
+    # clusters are off (as on macOS and Windows); then the node is 127.0.0.1 and its servers bind there
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", include_dashboard=False, **quiet, **local)  # not a `ray start` cluster
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
     return True
+
+
+class StopOnSignal(Stopper):
+    """Ends the Tune run at Ctrl-C (SIGINT): trials stop and the caller learns it from :attr:`signalled`.
+
+    Replaces Tune's own handler, which ends the run as if finished and stays installed afterwards.
+    A second Ctrl-C raises :class:`KeyboardInterrupt` at once. Tune's console output is switched off
+    for the run too (its new output engine prints even at ``verbose=0``).
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.signalled
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signalled:
+            raise KeyboardInterrupt
+        self.signalled = True
+
+    @contextmanager
+    def catching(self) -> Iterator[None]:
+        settings = {"TUNE_DISABLE_SIGINT_HANDLER": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+        before = {key: os.environ.get(key) for key in settings}
+        os.environ.update(settings)
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+            signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in handlers.items():  # Tune installs a SIGUSR1 handler of its own
+                if handler is not None:
+                    signal.signal(sig, handler)
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def make_scheduler(spec: SearchSpec) -> Any:
@@ -102,7 +166,9 @@ def make_scheduler(spec: SearchSpec) -> Any:
     metric, mode = spec.search.objective, "max" if spec.search.direction == "maximize" else "min"
     max_t = spec.epochs + 1
     if spec.search.pruner == "asha":
-        return AsyncHyperBandScheduler(metric=metric, mode=mode, max_t=max_t, grace_period=1, reduction_factor=3)
+        return AsyncHyperBandScheduler(
+            metric=metric, mode=mode, max_t=max_t, grace_period=first_rung(spec), reduction_factor=3
+        )
     if spec.search.pruner == "hyperband":
         return HyperBandScheduler(metric=metric, mode=mode, max_t=max_t)
     if spec.search.pruner == "median":
@@ -177,7 +243,9 @@ class StudySearch(OptunaSearch):
         elif error:
             trial.set_user_attr("fail_reason", RAY_ERROR)
             self._finish(trial_id, TrialState.FAIL)
-        else:  # stopped early by the scheduler
+        else:  # stopped early by the scheduler, on a report it passed to the scheduler only
+            if result.get(self.metric) is not None and EPOCH in result:
+                trial.report(result[self.metric], result[EPOCH])
             self._finish(trial_id, TrialState.PRUNED)
 
     def interrupt_unfinished(self) -> None:
