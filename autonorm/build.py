@@ -52,6 +52,8 @@ class Layers:
     downsampling: Callable[..., nn.Module] | None = None
     #: the normalization's conv factory (see ``Component.conv``), used by :meth:`conv` instead of ``nn.ConvNd``.
     conv_layer: Callable[..., nn.Module] | None = None
+    #: the normalization's residual-branch scale factory (see ``Component.residual_scale``).
+    residual_scale_layer: Callable[..., nn.Module] | None = None
 
     def conv(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, bias: bool = False) -> nn.Module:
         """A conv followed by a normalization (a normalization may replace it: weight standardization)."""
@@ -60,6 +62,12 @@ class Layers:
             return self.conv_layer(self.dims, cin, cout, kernel_size, stride=stride, padding=padding, bias=bias)
         conv = nn.Conv1d if self.dims == 1 else nn.Conv2d
         return conv(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
+
+    def residual_scale(self, index: int, convs: int = 2) -> nn.Module | None:
+        """The module scaling the branch of residual block ``index`` (counted from 1 over the whole model)
+        whose branch has ``convs`` convs; None when the normalization declares no scale (the branch is
+        added as it is)."""
+        return None if self.residual_scale_layer is None else self.residual_scale_layer(index, convs)
 
     def downsample(self, cin: int, cout: int) -> nn.Module:
         """A layer that halves every spatial size (rounding up) and maps ``cin`` to ``cout`` channels."""
@@ -103,6 +111,7 @@ def build_layers(config: TrialConfig, registry: Registry | None = None) -> Layer
         act_ratio=ratio,
         downsampling=parts.get("downsampling"),
         conv_layer=norm_comp.conv,
+        residual_scale_layer=norm_comp.residual_scale,
     )
 
 

@@ -76,6 +76,10 @@ class Component:
     #: normalizations only: ``f(head, num_classes, **params) -> nn.Module`` wrapping the classifier head
     #: (MimicNorm puts a BatchNorm on the logits).
     head_wrapper: Callable[..., Any] | None = None
+    #: normalizations only: ``f(index, convs) -> nn.Module`` scaling the output of each residual branch (before
+    #: the sum with the shortcut); ``index`` counts the model's residual blocks from 1, ``convs`` is the number
+    #: of convs on the branch (MimicNorm's learnable scalar ``1.2**convs / index``). None: branches unscaled.
+    residual_scale: Callable[..., Any] | None = None
     #: the floating dtypes (names from :data:`DTYPES`) the module runs in, forward and backward, when
     #: converted with ``module.to(dtype)``; float32 is required. ``autonorm check-plugin`` checks each one.
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16")

@@ -14,16 +14,19 @@ Two pieces replace every BN of the body:
 2. *Last BN*: ``BatchNorm1d(num_classes, affine=False)`` (eps 1e-5, momentum 0.1) on the logits,
    after the classifier and before the loss; running statistics at evaluation.
 
+Residual branches, as in the official ResNets (``Cifar100/models/resnet_nobn.py``, ``*_cbn``): the
+output of each branch (its last conv, with bias) is multiplied by a learnable scalar initialized to
+``1.2**L / k``, L the branch's convs (2 in a basic block, 3 in a bottleneck) and k the block's position
+in the whole network, counted from 1; the shortcut is not scaled and the ReLU follows the sum. The
+scalar is trained like every other parameter (weight decay included). It is declared as
+``Component.residual_scale``, which the ``resnet`` backbone places; ``small_cnn`` has no residual
+blocks and gets none.
+
 Decisions (u):
 
 - The body norms become a learnable per-channel bias (init 0) rather than a bare identity: the
   official nets drop BN and give their convs ``bias=True``; our backbones build bias-free convs
   followed by a norm, so the bias lives in the norm slot.
-- The official ResNets also scale each residual branch by a learnable scalar initialized to
-  ``1.2**2 / k`` (block k). They are not offered: a norm factory is called identically at every norm
-  position and knows neither the block index nor which norm ends a residual branch. For the shallow
-  search backbones (ResNet-8/14/20) training is stable without them; deep ResNets without BN may
-  need them.
 """
 
 from __future__ import annotations
@@ -80,6 +83,22 @@ class ChannelBias(nn.Module):
         return x + self.bias.view(1, -1, *[1] * (x.dim() - 2))
 
 
+class BranchScale(nn.Module):
+    """``x * scale`` with one learnable scalar: MimicNorm's residual-branch multiplier."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def branch_scale(index: int, convs: int) -> nn.Module:
+    """The scalar on the branch of residual block ``index`` (from 1), initialized to ``1.2**convs / index``."""
+    return BranchScale(1.2**convs / index)
+
+
 def mimicnorm(num_channels: int) -> nn.Module:
     """MimicNorm (Fei et al. 2020): zero-mean conv filters and one BN on the logits; the body has no norm."""
     return ChannelBias(num_channels)
@@ -100,5 +119,6 @@ def autonorm_components() -> list[Component]:
             batch_dependent=True,
             head_wrapper=last_bn,
             training_method=WeightMean,
+            residual_scale=branch_scale,
         )
     ]

@@ -10,19 +10,21 @@ from autonorm import Choice, Component, Int, Layers
 
 
 class BasicBlock(nn.Module):
-    """conv-norm-act, conv-norm, plus the shortcut, then the activation.
+    """conv-norm-act, conv-norm (times the normalization's residual scale, if any), plus the shortcut,
+    then the activation. ``index`` is the block's position in the model, counted from 1.
 
     ``gate``, when set, is called as ``gate(self.branch, x)`` and returns the residual branch's
     contribution; it may skip calling the branch (stochastic depth). None: the branch is always added.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, layers: Layers) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, layers: Layers, index: int = 1) -> None:
         super().__init__()
         mid = layers.pre_act(cout)
         self.conv1 = layers.conv(cin, mid, 3, stride)
         self.norm_act1 = layers.norm_act(mid)
         self.conv2 = layers.conv(cout, mid, 3)
         self.norm2 = layers.norm(mid)
+        self.branch_scale = layers.residual_scale(index, convs=2)
         self.shortcut = (
             nn.Identity()
             if stride == 1 and cin == mid
@@ -32,7 +34,8 @@ class BasicBlock(nn.Module):
         self.gate: nn.Module | None = None
 
     def branch(self, x):
-        return self.norm2(self.conv2(self.norm_act1(self.conv1(x))))
+        out = self.norm2(self.conv2(self.norm_act1(self.conv1(x))))
+        return out if self.branch_scale is None else self.branch_scale(out)
 
     def forward(self, x):
         out = self.branch(x) if self.gate is None else self.gate(self.branch, x)
@@ -57,7 +60,7 @@ class ResNet(nn.Module):
         for stage, stage_width in enumerate((width, 2 * width, 4 * width)):
             for i in range(blocks_per_stage):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(cin, stage_width, stride, layers))
+                blocks.append(BasicBlock(cin, stage_width, stride, layers, index=len(blocks) + 1))
                 cin = stage_width
         self.blocks = nn.Sequential(*blocks)
         self.pool = layers.pool()

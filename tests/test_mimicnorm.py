@@ -12,14 +12,14 @@ from autonorm.data import Data
 from autonorm.trainer import fit
 
 
-def config(shape=(3, 8, 8), norm="mimicnorm"):
+def config(shape=(3, 8, 8), norm="mimicnorm", depth=8):
     return TrialConfig(
         dataset={"name": "digits"},
         val_fraction=0.2,
         test_fraction=0.2,
         input_shape=shape,
         num_classes=10,
-        model={"name": "resnet", "params": {"depth": 8, "width": 8}},
+        model={"name": "resnet", "params": {"depth": depth, "width": 8}},
         components={
             "normalization": {"name": norm},
             "activation": {"name": "relu"},
@@ -130,3 +130,37 @@ def test_trainer_keeps_the_filters_centred():
     convs = [m for m in model.modules() if is_centred(m)]
     assert convs and all(filter_means(c).abs().max() < 1e-6 for c in convs)
     assert model.head[-1].num_batches_tracked == 4
+
+
+def test_one_branch_scalar_per_block_initialized_to_official_values():
+    model = build_model(config(depth=14))  # 6 blocks over 3 stages: k runs over the whole network
+    scales = [block.branch_scale.scale for block in model.blocks]
+    assert len(scales) == 6 and all(s.shape == () and s.requires_grad for s in scales)
+    assert [s.item() for s in scales] == pytest.approx([1.2**2 / k for k in range(1, 7)])
+    names = [n for n, _ in model.named_parameters() if n.endswith("branch_scale.scale")]
+    assert len(names) == 6
+
+
+def test_branch_scalars_are_trained():
+    model = build_model(config())
+    loss = F.cross_entropy(model(torch.randn(8, 3, 8, 8)), torch.randint(0, 10, (8,)))
+    loss.backward()
+    assert all(b.branch_scale.scale.grad is not None and b.branch_scale.scale.grad != 0 for b in model.blocks)
+
+
+def test_scalar_multiplies_the_branch_not_the_shortcut():
+    model = build_model(config())
+    for block in (model.blocks[0], model.blocks[1]):  # identity shortcut, projection shortcut
+        with torch.no_grad():
+            block.branch_scale.scale.fill_(0.37)
+        x = torch.randn(4, block.conv1.in_channels, 8, 8)
+        branch = block.norm2(block.conv2(block.norm_act1(block.conv1(x))))  # last conv plus its bias
+        torch.testing.assert_close(block(x), torch.relu(branch * 0.37 + block.shortcut(x)))
+
+
+def test_other_norms_get_no_branch_scalar():
+    for norm in ("batchnorm", "groupnorm"):
+        model = build_model(config(norm=norm))
+        assert all(block.branch_scale is None for block in model.blocks)
+        assert not any("branch_scale" in key for key in model.state_dict())
+        assert not any("branch_scale" in name for name, _ in model.named_modules())
