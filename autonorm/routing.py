@@ -28,6 +28,10 @@ is routed (a batch-dependent module made of BatchNorms is routed as a whole).
 A subset with fewer than two values per channel (one row of a ``(N, C)`` input) has no batch variance:
 it is normalized as in eval mode, with the running statistics, and updates nothing.
 
+Layers that pass information along the autograd graph (``grad_fn.metadata``; Batch Kalman Norm's
+statistics and priors) see through routing: each subset's input node carries the metadata of the
+routed input's node, and the routed output's node carries that of the natural rows' output.
+
 An augmentation that reorders or resizes the batch after the mask is set must reorder or resize
 ``router.mask`` with it; a mask whose length differs from the batch is an error, not a silent mismatch.
 """
@@ -102,12 +106,12 @@ class _Routed:
         natural = (~mask).nonzero().squeeze(1)
         parts, order = [], []
         if len(natural):
-            parts.append(self._subset(x.index_select(0, natural), args, kwargs, locked=False))
+            parts.append(self._subset(_carried(x, x.index_select(0, natural)), args, kwargs, locked=False))
             order.append(natural)
-        parts.append(self._subset(x.index_select(0, masked), args, kwargs, locked=True))
+        parts.append(self._subset(_carried(x, x.index_select(0, masked)), args, kwargs, locked=True))
         order.append(masked)
         inverse = torch.argsort(torch.cat(order))
-        return torch.cat(parts).index_select(0, inverse)
+        return _carried(parts[0], torch.cat(parts).index_select(0, inverse))
 
     def _subset(self, x: torch.Tensor, args: tuple, kwargs: dict, locked: bool) -> torch.Tensor:
         """The module on a subset of rows; ``locked``: own batch statistics, no buffer update, no training."""
@@ -126,6 +130,13 @@ class _Routed:
                 return functional_call(self, state, (x, *args), kwargs)
             finally:
                 self.train(was_training)
+
+
+def _carried(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``target``, its autograd node given ``source``'s node metadata (see the module docstring)."""
+    if source.grad_fn is not None and target.grad_fn is not None:
+        target.grad_fn.metadata.update(source.grad_fn.metadata)
+    return target
 
 
 _ROUTED_CLASSES: dict[type, type] = {}

@@ -1,10 +1,39 @@
-"""Batch Kalman Normalization (per-layer form): batch statistics mixed with a prior estimate."""
+"""Batch Kalman Normalization: batch statistics mixed with a prior predicted from the layer below."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from autonorm_plugins.baseline_norms import batchnorm
-from autonorm_plugins.batch_kalman_norm import BatchKalmanNorm, kalman_statistics
+from autonorm_plugins.batch_kalman_norm import PRIOR, BatchKalmanNorm, kalman_conv, kalman_statistics
+from torch import nn
+
+import autonorm
+from autonorm import TrialConfig, build_model
+from tests.conftest import write
+
+CONV = {1: F.conv1d, 2: F.conv2d}
+
+
+def bn(x):
+    return F.batch_norm(x, None, None, training=True, eps=1e-5)
+
+
+def moments(x):
+    var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
+    return mean, var
+
+
+def expected_prior(conv, x, mean, var, noise):
+    """Statistics of conv(ReLU(s)), s = mean + sqrt(var) * noise, computed with the functional conv."""
+    shape = (1, -1, *[1] * (x.dim() - 2))
+    sample = torch.relu(mean.view(shape) + var.sqrt().view(shape) * noise)
+    return moments(CONV[x.dim() - 2](sample, conv.weight, None, conv.stride, conv.padding))
+
+
+def mixed(x, prior, p):
+    mean, var = kalman_statistics(*moments(x), *prior, p)
+    shape = (1, -1, *[1] * (x.dim() - 2))
+    return (x - mean.view(shape)) / torch.sqrt(var.view(shape) + 1e-5)
 
 
 @pytest.mark.parametrize("shape", [(8, 4, 6), (8, 4, 3, 5), (8, 4)])
@@ -36,34 +65,92 @@ def test_combined_statistics_are_the_moments_of_the_mixture():
     torch.testing.assert_close(var, samples.var(0), atol=2e-2, rtol=0)
 
 
-def normalized(x, mean, var, eps=1e-5):
-    return (x - mean.view(1, -1, 1)) / torch.sqrt(var.view(1, -1, 1) + eps)
+def chain(dims, p=0.9):
+    torch.manual_seed(0)
+    return (
+        kalman_conv(dims, 3, 4, 3, padding=1),
+        BatchKalmanNorm(4, prior_weight=p),
+        kalman_conv(dims, 4, 5, 3, stride=2, padding=1),
+        BatchKalmanNorm(5, prior_weight=p),
+    )
 
 
-def test_training_output_mixes_the_running_prior_with_its_data_share():
-    layer = BatchKalmanNorm(3, prior_weight=0.9, momentum=0.1)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_first_layer_is_bn_and_the_next_prior_is_the_transition_of_its_statistics(dims):
+    conv0, norm0, conv1, norm1 = chain(dims)
+    x = torch.randn(4, 3, *[7] * dims)
+    h0 = conv0(x)
+    y0 = norm0(h0)
+    torch.testing.assert_close(y0, bn(h0))  # the data has no prior
+    torch.manual_seed(1)
+    h1 = conv1(torch.relu(y0))
+    torch.manual_seed(1)
+    noise = torch.randn(1, 4, *[7] * dims)  # one sample shaped like one input of conv1
+    prior = expected_prior(conv1, y0, *moments(h0), noise)  # layer 0's corrected statistics are its batch's
+    for got, want in zip(h1.grad_fn.metadata[PRIOR], prior, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(norm1(h1), mixed(h1, prior, 0.9))
+
+
+def test_the_prior_is_resampled_every_step_and_gradients_reach_the_conv_weights_through_it():
+    conv0, norm0, conv1, norm1 = chain(2)
+    x = torch.randn(4, 3, 6, 6)
+    y0 = torch.relu(norm0(conv0(x)))
+    first, second = conv1(y0).grad_fn.metadata[PRIOR], conv1(y0).grad_fn.metadata[PRIOR]
+    assert not torch.equal(first[0], second[0])
+    grads = torch.autograd.grad(first[0].sum() + first[1].sum(), [conv1.weight, conv0.weight])
+    assert all(g.abs().sum() > 0 and torch.isfinite(g).all() for g in grads)  # conv0: via layer 0's statistics
+
+
+def test_a_residual_sum_carries_the_sum_of_the_paths_statistics():
+    torch.manual_seed(0)
+    branch, shortcut, after = (kalman_conv(2, c, 4, 3, padding=1) for c in (3, 3, 4))
+    nb, ns, na = BatchKalmanNorm(4), BatchKalmanNorm(4), BatchKalmanNorm(4)
+    x = torch.randn(4, 3, 5, 5)
+    hb, hs = branch(x), shortcut(x)
+    block = torch.relu(nb(hb) + ns(hs))
+    torch.manual_seed(2)
+    h = after(block)
+    torch.manual_seed(2)
+    (mb, vb), (ms, vs) = moments(hb), moments(hs)
+    prior = expected_prior(after, block, mb + ms, vb + vs, torch.randn(1, 4, 5, 5))
+    for got, want in zip(h.grad_fn.metadata[PRIOR], prior, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(na(h), mixed(h, prior, 0.9))
+
+
+def test_no_prior_after_another_activation_or_without_autograd():
+    conv0, norm0, conv1, norm1 = chain(2)
+    x = torch.randn(4, 3, 6, 6)
+    h = conv1(F.elu(norm0(conv0(x))))
+    assert PRIOR not in h.grad_fn.metadata
+    torch.testing.assert_close(norm1(h), bn(h))
     with torch.no_grad():
-        layer.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
-        layer.running_var.copy_(torch.tensor([2.0, 0.5, 1.0]))
-        layer.num_batches_tracked.fill_(4)
-    prior_mean, prior_var = layer.running_mean.clone(), layer.running_var.clone()
-    x = torch.randn(4, 3, 5) + 1
-    p = 0.9 * (1 - 0.9**4)
-    batch_var, batch_mean = torch.var_mean(x, dim=(0, 2), unbiased=False)
-    mean, var = kalman_statistics(batch_mean, batch_var, prior_mean, prior_var, p)
-    torch.testing.assert_close(layer(x), normalized(x, mean, var))
-    torch.testing.assert_close(layer.running_mean, 0.9 * prior_mean + 0.1 * mean)
+        h = conv1(torch.relu(norm0(conv0(x))))
+        torch.testing.assert_close(norm1(h), bn(h))
 
 
-def test_first_step_and_guard_fall_back_to_batch_norm():
-    x = torch.randn(4, 3, 5)
-    reference = F.batch_norm(x, None, None, training=True, eps=1e-5)
-    torch.testing.assert_close(BatchKalmanNorm(3, prior_weight=0.9)(x), reference)  # no data in the prior yet
-    guarded = BatchKalmanNorm(3, prior_weight=0.9)
-    with torch.no_grad():
-        guarded.num_batches_tracked.fill_(100)
-        guarded.running_var.fill_(101 * x.var(dim=(0, 2), unbiased=False).max())
-    torch.testing.assert_close(guarded(x), reference)
+def test_guard_falls_back_to_batch_norm_and_p_zero_chain_is_batch_norm():
+    conv0, norm0, conv1, norm1 = chain(2)
+    x = torch.randn(4, 3, 6, 6)
+    h = conv1(torch.relu(norm0(conv0(x) * 1000)))  # prior variance ~1e6 times the batch's
+    torch.testing.assert_close(norm1(h), bn(h))
+    conv0, norm0, conv1, norm1 = chain(2, p=0.0)
+    h = conv1(torch.relu(norm0(conv0(x))))
+    torch.testing.assert_close(norm1(h), bn(h))
+
+
+def test_running_statistics_average_the_combined_ones_and_eval_is_bn_with_them():
+    conv0, norm0, conv1, norm1 = chain(2)
+    x = torch.randn(4, 3, 6, 6)
+    h = conv1(torch.relu(norm0(conv0(x))))
+    prior = h.grad_fn.metadata[PRIOR]
+    mean, _ = kalman_statistics(*moments(h), *prior, 0.9)
+    norm1(h)
+    torch.testing.assert_close(norm1.running_mean, 0.1 * mean.detach())
+    norm1.eval()
+    ref = F.batch_norm(h, norm1.running_mean, norm1.running_var, norm1.weight, norm1.bias, False, 0.0, 1e-5)
+    torch.testing.assert_close(norm1(h), ref)
 
 
 def test_batch_dependent_in_training_independent_in_eval():
@@ -74,3 +161,69 @@ def test_batch_dependent_in_training_independent_in_eval():
     assert not torch.allclose(layer(x)[:2], layer(x[:2]))
     layer.eval()
     torch.testing.assert_close(layer(x)[:2], layer(x[:2]))
+
+
+def config(model, shape):
+    return TrialConfig(
+        dataset={"name": "digits"},
+        val_fraction=0.2,
+        test_fraction=0.2,
+        input_shape=shape,
+        num_classes=10,
+        model={"name": model, "params": {}},
+        components={
+            "normalization": {"name": "batch_kalman"},
+            "activation": {"name": "relu"},
+            "pooling": {"name": "avg"},
+            "head": {"name": "linear"},
+        },
+        epochs=1,
+        train={},
+    )
+
+
+@pytest.mark.parametrize("model", ["resnet", "small_cnn"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32)])
+def test_every_conv_but_the_first_hands_a_prior_in_the_backbones(model, shape):
+    net = build_model(config(model, shape))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d)]
+    priors = []
+    for conv in convs:
+        conv.register_forward_hook(lambda m, i, out: priors.append(PRIOR in out.grad_fn.metadata))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    for _ in range(3):
+        priors.clear()
+        loss = F.cross_entropy(net(torch.randn(2, *shape)), torch.tensor([0, 1]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+        assert len(priors) == len(convs) and not priors[0] and all(priors[1:])
+    net.eval()
+    assert torch.isfinite(net(torch.randn(2, *shape))).all()
+
+
+SPACE = """
+name: bkn
+data: {dataset: digits}
+model: {backbone: MODEL, depth: DEPTH, width: 4}
+space:
+  normalization:
+    batch_kalman: {prior_weight: [0.9]}
+  activation: [relu]
+train:
+  epochs: 1
+  batch_size: 64
+  lr: 0.05
+search:
+  trials: 1
+  pruner: none
+  seed: 0
+"""
+
+
+@pytest.mark.parametrize("model, depth", [("resnet", 8), ("small_cnn", 2)])
+def test_a_short_search_trains(tmp_path, model, depth):
+    spec = write(tmp_path / "bkn.yaml", SPACE.replace("MODEL", model).replace("DEPTH", str(depth)))
+    results = autonorm.search(spec)
+    assert results.trials and all(t.state == "complete" for t in results.trials), results.trials
