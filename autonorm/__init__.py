@@ -11,7 +11,7 @@ hookimpl = pluggy.HookimplMarker("autonorm")
 """Marks a plugin's implementation of a hook in :mod:`autonorm.hookspecs`."""
 
 from autonorm.api import search  # noqa: E402
-from autonorm.build import Layers, build_model  # noqa: E402
+from autonorm.build import Layers, build_model, conv_factory  # noqa: E402
 from autonorm.comparison import Comparison, compare  # noqa: E402
 from autonorm.config import ComponentChoice, TrialConfig  # noqa: E402
 from autonorm.data import Arrays, Data  # noqa: E402
@@ -46,6 +46,7 @@ __all__ = [
     "TrialRecord",
     "TrainingMethod",
     "build_model",
+    "conv_factory",
     "compare",
     "Comparison",
     "check_component",

@@ -84,6 +84,20 @@ class Layers:
         return nn.Sequential(self.norm(channels), self.act(channels))
 
 
+def conv_factory(conv1d: type[nn.Conv1d], conv2d: type[nn.Conv2d]) -> Callable[..., nn.Module]:
+    """A ``Component.conv`` factory ``f(dims, cin, cout, kernel_size, *, stride, padding, bias)`` building
+    ``conv1d`` or ``conv2d`` (subclasses of ``nn.Conv1d``/``nn.Conv2d``) by the input's dims."""
+
+    def conv(
+        dims: int, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
+        bias: bool = False,
+    ) -> nn.Module:
+        cls = {1: conv1d, 2: conv2d}[dims]
+        return cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+
+    return conv
+
+
 def build_layers(config: TrialConfig, registry: Registry | None = None) -> Layers:
     registry = registry or get_registry()
     parts = {kind: registry.get(kind, c.name).bind(c.params) for kind, c in config.components.items()}

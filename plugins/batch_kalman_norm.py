@@ -123,19 +123,8 @@ class KalmanConv2d(_KalmanConv, nn.Conv2d):
     """``nn.Conv2d`` that hands the next BKN layer its predicted statistics."""
 
 
-def kalman_conv(
-    dims: int,
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    bias: bool = False,
-) -> nn.Module:
-    """The transition conv for 1-D or 2-D input (the ``Component.conv`` factory signature)."""
-    conv = {1: KalmanConv1d, 2: KalmanConv2d}[dims]
-    return conv(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+#: The transition conv for 1-D or 2-D input (the ``Component.conv`` factory signature).
+kalman_conv = autonorm.conv_factory(KalmanConv1d, KalmanConv2d)
 
 
 class BatchKalmanNorm(BatchNorm):

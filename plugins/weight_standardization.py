@@ -46,19 +46,8 @@ class WSConv2d(nn.Conv2d):
         return self._conv_forward(x, standardize_weight(self.weight), self.bias)
 
 
-def ws_conv(
-    dims: int,
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    bias: bool = False,
-) -> nn.Module:
-    """A weight-standardized conv for 1-D or 2-D input (the ``Component.conv`` factory signature)."""
-    conv = {1: WSConv1d, 2: WSConv2d}[dims]
-    return conv(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+#: A weight-standardized conv for 1-D or 2-D input (the ``Component.conv`` factory signature).
+ws_conv = autonorm.conv_factory(WSConv1d, WSConv2d)
 
 
 def gn_ws(num_channels: int, groups: int = 8) -> nn.Module:

@@ -8,8 +8,9 @@ from autonorm_plugins.batch_kalman_norm import PRIOR, BatchKalmanNorm, kalman_co
 from torch import nn
 
 import autonorm
-from autonorm import TrialConfig, build_model
+from autonorm import build_model
 from tests.conftest import write
+from tests.test_build import config
 
 CONV = {1: F.conv1d, 2: F.conv2d}
 
@@ -75,6 +76,13 @@ def chain(dims, p=0.9):
     )
 
 
+def assert_prior_used(h, norm, prior):
+    """The conv output ``h`` carries ``prior``, and ``norm`` mixes it with ``h``'s batch statistics at p = 0.9."""
+    for got, want in zip(h.grad_fn.metadata[PRIOR], prior, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(norm(h), mixed(h, prior, 0.9))
+
+
 @pytest.mark.parametrize("dims", [1, 2])
 def test_first_layer_is_bn_and_the_next_prior_is_the_transition_of_its_statistics(dims):
     conv0, norm0, conv1, norm1 = chain(dims)
@@ -87,9 +95,7 @@ def test_first_layer_is_bn_and_the_next_prior_is_the_transition_of_its_statistic
     torch.manual_seed(1)
     noise = torch.randn(1, 4, *[7] * dims)  # one sample shaped like one input of conv1
     prior = expected_prior(conv1, y0, *moments(h0), noise)  # layer 0's corrected statistics are its batch's
-    for got, want in zip(h1.grad_fn.metadata[PRIOR], prior, strict=True):
-        torch.testing.assert_close(got, want)
-    torch.testing.assert_close(norm1(h1), mixed(h1, prior, 0.9))
+    assert_prior_used(h1, norm1, prior)
 
 
 def test_the_prior_is_resampled_every_step_and_gradients_reach_the_conv_weights_through_it():
@@ -114,9 +120,7 @@ def test_a_residual_sum_carries_the_sum_of_the_paths_statistics():
     torch.manual_seed(2)
     (mb, vb), (ms, vs) = moments(hb), moments(hs)
     prior = expected_prior(after, block, mb + ms, vb + vs, torch.randn(1, 4, 5, 5))
-    for got, want in zip(h.grad_fn.metadata[PRIOR], prior, strict=True):
-        torch.testing.assert_close(got, want)
-    torch.testing.assert_close(na(h), mixed(h, prior, 0.9))
+    assert_prior_used(h, na, prior)
 
 
 def test_no_prior_after_another_activation_or_without_autograd():
@@ -163,29 +167,10 @@ def test_batch_dependent_in_training_independent_in_eval():
     torch.testing.assert_close(layer(x)[:2], layer(x[:2]))
 
 
-def config(model, shape):
-    return TrialConfig(
-        dataset={"name": "digits"},
-        val_fraction=0.2,
-        test_fraction=0.2,
-        input_shape=shape,
-        num_classes=10,
-        model={"name": model, "params": {}},
-        components={
-            "normalization": {"name": "batch_kalman"},
-            "activation": {"name": "relu"},
-            "pooling": {"name": "avg"},
-            "head": {"name": "linear"},
-        },
-        epochs=1,
-        train={},
-    )
-
-
 @pytest.mark.parametrize("model", ["resnet", "small_cnn"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32)])
 def test_every_conv_but_the_first_hands_a_prior_in_the_backbones(model, shape):
-    net = build_model(config(model, shape))
+    net = build_model(config(model, "batch_kalman", shape=shape))
     convs = [m for m in net.modules() if isinstance(m, nn.Conv1d | nn.Conv2d)]
     priors = []
     for conv in convs:
