@@ -153,7 +153,9 @@ def best_panel(best: TrialRecord | None, objective: str) -> Panel:
 
 def summary(results: StudyResults) -> str:
     counts = ", ".join(f"{results.count(s)} {s}" for s in ("complete", "pruned", "failed"))
-    return f"study {results.name} in {results.storage}: {len(results.trials)} trials ({counts})"
+    repeats = sum(t.repeat_of is not None for t in results.trials)
+    reused = f"; {repeats} repeated an earlier configuration and reused its outcome" if repeats else ""
+    return f"study {results.name} in {results.storage}: {len(results.trials)} trials ({counts}{reused})"
 
 
 class SearchProgress:

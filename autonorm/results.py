@@ -50,6 +50,8 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)
     #: Every objective's value of a completed trial, in the study's order (one for a single objective).
     values: tuple[float, ...] = ()
+    #: The earlier trial whose outcome this one reused (the same configuration proposed again), or None.
+    repeat_of: int | None = None
 
     @classmethod
     def from_frozen(cls, t: FrozenTrial) -> TrialRecord:
@@ -65,6 +67,7 @@ class TrialRecord:
             reason=t.user_attrs.get("fail_reason"),
             params=dict(t.params),
             values=values,
+            repeat_of=t.user_attrs.get("repeat_of"),
         )
 
     @property
@@ -116,7 +119,8 @@ class StudyResults:
         points = [
             (t, tuple(s * v for s, v in zip(signs, t.values, strict=True)))
             for t in self.trials
-            if t.state == "complete" and len(t.values) == len(signs) and all(map(math.isfinite, t.values))
+            if t.state == "complete" and t.repeat_of is None and len(t.values) == len(signs)
+            and all(map(math.isfinite, t.values))
         ]
 
         def dominated(p: tuple[float, ...]) -> bool:
@@ -140,13 +144,15 @@ class StudyResults:
         return min(feasible, key=lambda t: (sign * t.metrics[by], t.number), default=None)
 
     def leaderboard(self, limit: int | None = None) -> list[TrialRecord]:
-        """Completed trials best first, then pruned ones (by their last reported value)."""
+        """Completed trials best first, then pruned ones (by their last reported value); a trial that only
+        reused an earlier trial's outcome is left out, the earlier one stands for both."""
         sign = -1.0 if self.direction == "maximize" else 1.0
 
         def key(t: TrialRecord) -> tuple:
             return (t.state != "complete", sign * t.value)
 
-        ranked = sorted((t for t in self.trials if t.state in ("complete", "pruned") and t.value is not None), key=key)
+        trained = (t for t in self.trials if t.repeat_of is None)
+        ranked = sorted((t for t in trained if t.state in ("complete", "pruned") and t.value is not None), key=key)
         return ranked[:limit] if limit else ranked
 
     def count(self, state: str) -> int:

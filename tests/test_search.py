@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import autonorm
-from autonorm import load_spec
+from autonorm import display, load_spec
 from tests.conftest import TINY_SPACE, write
 from tests.helpers import registry_with_test_components
 
@@ -108,6 +108,9 @@ def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_ret
             first[norm] = trial
             assert "repeat_of" not in trial.user_attrs
     assert len(first) == 2 and reused.count("complete") == 5
+    assert [t.number for t in reused.leaderboard()] == sorted((t.number for t in first.values()),
+                                                                key=lambda n: -trials[n].value)  # fmt: skip
+    assert "3 repeated an earlier configuration and reused its outcome" in display.summary(reused)
 
     autonorm.search(space("retrained", retrain=True))
     trials = optuna.load_study(study_name="retrained", storage=f"sqlite:///{tmp_path / 'repeats.db'}").trials
