@@ -3,6 +3,7 @@ choices in ``autonorm best``, the HTML report (rendered in headless Chromium) an
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -282,3 +283,22 @@ def test_train_needs_a_test_split(multi_study, tmp_path, cli):
     write(tmp_path / "c.yaml", config.to_yaml())
     _, err = cli("train", "c.yaml", code=2)
     assert "no test split" in err
+
+
+def test_live_progress_shows_counts_best_and_times(tmp_path):
+    """The progress display a terminal user sees: trials done of total, per-state counts, best so far,
+    elapsed and remaining time."""
+    from rich.console import Console
+
+    from autonorm import display
+
+    spec = autonorm.load_spec(write(tmp_path / "tiny.yaml", TINY_SPACE))
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160, color_system=None)
+    with display.SearchProgress(spec, 0, console) as progress:
+        results = autonorm.search(spec, callbacks=[progress.callback])
+    final = [line for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).splitlines() if line][-1]
+    best = max(t.value for t in results.trials)
+    assert "tiny" in final and "3/3" in final and "3 complete 0 pruned 0 failed" in final
+    assert f"best val_accuracy={best:.4g}" in final
+    assert re.search(r"\d:\d\d:\d\d", final)  # elapsed (and the remaining-time column) are shown
