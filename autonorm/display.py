@@ -185,6 +185,8 @@ class SearchProgress:
 
     def __exit__(self, *exc: Any) -> None:
         self.live.__exit__(*exc)
+        if not self.console.is_terminal:  # rich leaves the last frame without its line end off a terminal
+            self.console.line()
 
     def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         record = TrialRecord.from_frozen(trial)
