@@ -64,6 +64,13 @@ def make_objective(
             missing = [key for key in objectives if key not in result.metrics]
             if missing:
                 raise TrialFailed(f"objective {', '.join(missing)} not measured here (peak memory needs CUDA)")
+            for key, value in result.metrics.items():  # inside the try: Ctrl-C while recording is an interruption
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("history", result.history)
+            finish("complete", result.metrics)
+            if spec.search.multi_objective:
+                return tuple(result.metrics[key] for key in objectives)
+            return result.metrics[objective_key]
         except optuna.TrialPruned:
             finish("pruned", {})
             raise
@@ -75,14 +82,6 @@ def make_objective(
         except Exception as exc:  # noqa: BLE001 - a plugin's bug fails its trial, not the search
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("traceback", traceback.format_exc())
-        else:
-            for key, value in result.metrics.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("history", result.history)
-            finish("complete", result.metrics)
-            if spec.search.multi_objective:
-                return tuple(result.metrics[key] for key in objectives)
-            return result.metrics[objective_key]
         trial.set_user_attr("fail_reason", reason)
         finish("failed", {"reason": reason})
         return failed
@@ -110,7 +109,8 @@ def _repeat(
 ) -> float | tuple[float, ...]:
     """Record a repeated configuration with the earlier trial's outcome, without training it again."""
     for key, value in earlier.user_attrs.items():
-        trial.set_user_attr(key, value)
+        if key != "worker":  # the process running this trial, not the earlier one's
+            trial.set_user_attr(key, value)
     trial.set_user_attr("repeat_of", earlier.number)
     if earlier.state == optuna.trial.TrialState.PRUNED:
         raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, which was pruned")

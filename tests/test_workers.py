@@ -118,9 +118,8 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_finishes_only_the_missi
     after = records(url, "c")
     done_after = {t.number for t in after if TrialRecord.from_frozen(t).counts_as_done}
     assert len(done_after) == 3 and done_before <= done_after
-    assert all(
-        t.user_attrs.get("fail_reason") in ("interrupted", NOT_NEEDED) for t in after if t.number not in done_after
-    )
+    leftover = [(t.number, t.state, t.user_attrs) for t in after if t.number not in done_after]
+    assert all(attrs.get("fail_reason") in ("interrupted", NOT_NEEDED) for _, _, attrs in leftover), leftover
 
 
 def test_workers_share_a_postgres_study_and_finish_exactly_the_requested_trials(tmp_path, postgres_url):  # noqa: F811

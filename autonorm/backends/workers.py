@@ -68,8 +68,12 @@ def run_worker(
     me = f"{socket.gethostname()}:{os.getpid()}"
 
     def claimed(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", me)
-        done, running, waiting = _tally(study.get_trials(deepcopy=False), below=trial.number)
+        try:
+            trial.set_user_attr("worker", me)
+            done, running, waiting = _tally(study.get_trials(deepcopy=False), below=trial.number)
+        except KeyboardInterrupt:  # Ctrl-C before the trial started training: recorded like one during it
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
         if done + running + waiting >= target:
             trial.set_user_attr("fail_reason", NOT_NEEDED)
             return float("nan")
