@@ -108,12 +108,17 @@ def _repeat(
     trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, finish: Callable[[str, dict[str, Any]], None]
 ) -> float | tuple[float, ...]:
     """Record a repeated configuration with the earlier trial's outcome, without training it again."""
-    for key, value in earlier.user_attrs.items():
-        if key != "worker":  # the process running this trial, not the earlier one's
-            trial.set_user_attr(key, value)
-    trial.set_user_attr("repeat_of", earlier.number)
+    copy_outcome(trial, earlier)
     if earlier.state == optuna.trial.TrialState.PRUNED:
         raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, which was pruned")
     metrics = {key: value for key, value in earlier.user_attrs.items() if isinstance(value, int | float)}
     finish("complete", metrics)
     return tuple(earlier.values) if len(earlier.values) > 1 else earlier.values[0]
+
+
+def copy_outcome(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+    """Give ``trial`` the recorded outcome of ``earlier`` (metrics, history, configuration), and ``repeat_of``."""
+    for key, value in earlier.user_attrs.items():
+        if key not in ("worker", "ray_node"):  # where this trial ran, not the earlier one
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("repeat_of", earlier.number)

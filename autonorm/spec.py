@@ -136,8 +136,8 @@ class SearchSettings(_Section):
     timeout: float | None = Field(None, gt=0)
     #: Optuna backend: processes running trials side by side on this machine (they need a shared storage).
     workers: PositiveInt = 1
-    #: Optuna backend: train a configuration the sampler proposes again (TPE often does on categorical
-    #: spaces) instead of reusing the earlier trial's outcome.
+    #: Train a configuration the sampler proposes again (TPE often does on categorical spaces) instead
+    #: of reusing the earlier trial's outcome (every backend).
     retrain_repeats: bool = False
     ray: RaySettings = RaySettings()
 

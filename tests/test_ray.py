@@ -161,10 +161,27 @@ def test_asha_on_ray_finishes_exactly_the_requested_trials(local_ray):
     assert len(results.trials) == 4 and {t.state for t in results.trials} <= {"complete", "pruned"}
     study = optuna.load_study(study_name="ray_asha", storage="sqlite:///ray_asha.db")
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
-    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and "repeat_of" not in t.user_attrs]
     assert pruned and all(list(t.intermediate_values) == [0] for t in pruned)  # stopped at the first rung
     again = autonorm.search(space, registry=registry)  # all counted as done: nothing more to run
     assert [t.number for t in again.trials] == [0, 1, 2, 3]
+
+
+def test_a_repeated_configuration_on_ray_reuses_the_earlier_outcome(local_ray):
+    """One trial at a time over 3 configurations: of 5 trials, each configuration trains once at most."""
+    autonorm.search(ray_space("ray_repeats", 5, ray={"max_concurrent": 1}), registry=registry_with_test_components())
+    trials = optuna.load_study(study_name="ray_repeats", storage="sqlite:///ray_repeats.db").trials
+    trained = {}
+    for t in trials:
+        config = tuple(sorted(t.params.items()))
+        if "repeat_of" in t.user_attrs:
+            earlier = trials[t.user_attrs["repeat_of"]]
+            assert earlier.params == t.params and (t.state, t.value) == (earlier.state, earlier.value)
+            assert t.user_attrs.get("history") == earlier.user_attrs.get("history") and t.user_attrs["ray_node"]
+        else:
+            assert config not in trained
+            trained[config] = t
+    assert len(trained) <= 3 and len(trials) == 5 and all(t.state.is_finished() for t in trials)
 
 
 def test_ctrl_c_stops_a_ray_search_records_interrupted_and_exits_130(tmp_path):

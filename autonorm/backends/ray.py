@@ -43,7 +43,7 @@ from ray.tune.stopper import Stopper
 from autonorm.backends.optuna import Callback, done_count, first_rung, make_sampler, open_search_study
 from autonorm.data import Data, load_data
 from autonorm.errors import TrialFailed
-from autonorm.objective import make_objective
+from autonorm.objective import copy_outcome, earlier_trial, make_objective
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, results_of
 from autonorm.space import sample_config
@@ -51,6 +51,8 @@ from autonorm.spec import SearchSpec
 
 #: Keys of a Ray trial's reports besides the objective.
 NUMBER, EPOCH, FINAL, ATTRS = "autonorm_trial", "epoch", "autonorm_final", "autonorm_attrs"
+#: In a trial's config: the earlier trial whose outcome it reuses (the same configuration), and its value.
+REPEAT, REPEAT_VALUE = "autonorm_repeat_of", "autonorm_repeat_value"
 
 #: Recorded on a trial whose Ray actor raised (so its own objective could not record a reason).
 RAY_ERROR = "the Ray trial raised; see Ray's logs"
@@ -191,10 +193,14 @@ class _ReplayedTrial(optuna.trial.FixedTrial):
 
 def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: Registry) -> None:
     """A Ray Tune function trainable: train the sampled configuration and report its outcome last."""
-    params = {k: v for k, v in config.items() if k != NUMBER}
+    params = {k: v for k, v in config.items() if k not in (NUMBER, REPEAT, REPEAT_VALUE)}
     trial = _ReplayedTrial(params, config[NUMBER], spec.search.objective)
     trial.set_user_attr("ray_node", ray.get_runtime_context().get_node_id())
-    value = make_objective(spec, data, registry)(trial)
+    if REPEAT in config:  # the driver found this configuration already trained: nothing to train
+        trial.set_user_attr("repeat_of", config[REPEAT])
+        value = config[REPEAT_VALUE]
+    else:
+        value = make_objective(spec, data, registry)(trial)
     # as JSON text: Ray Tune flattens nested dictionaries in results
     attrs = json.dumps(trial.user_attrs)
     tune.report({spec.search.objective: value, EPOCH: spec.epochs, FINAL: True, ATTRS: attrs})
@@ -211,8 +217,12 @@ class StudySearch(OptunaSearch):
                 config = sample_config(trial, spec, input_shape, num_classes)
                 trial.set_user_attr("config", config.model_dump(mode="json"))
             except TrialFailed:  # the Ray trial replays the same choices and records the reason
-                pass
-            return {NUMBER: trial.number}
+                return {NUMBER: trial.number}
+            earlier = None if spec.search.retrain_repeats else earlier_trial(trial)
+            if earlier is None:
+                return {NUMBER: trial.number}
+            value = earlier.value if earlier.state == TrialState.COMPLETE else float("nan")
+            return {NUMBER: trial.number, REPEAT: earlier.number, REPEAT_VALUE: value}
 
         super().__init__(
             space=space,
@@ -235,6 +245,12 @@ class StudySearch(OptunaSearch):
         result = result or {}
         if result.get(FINAL):
             attrs = json.loads(result[ATTRS])
+            if "repeat_of" in attrs:  # the outcome of the earlier trial with the same configuration
+                earlier = self._ot_study.get_trials(deepcopy=False)[attrs["repeat_of"]]
+                copy_outcome(trial, earlier)
+                trial.set_user_attr("ray_node", attrs["ray_node"])
+                self._finish(trial_id, earlier.state, earlier.value if earlier.state == TrialState.COMPLETE else None)
+                return
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
             value = result[self.metric]
