@@ -18,7 +18,6 @@ the seed-paired accuracies of all tasks, Holm-corrected over the candidates.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -311,7 +310,7 @@ def run_pair(
     return _cell(task, cand, done, seeds)
 
 
-def stored_pair(task: str, cand: str, spec: SearchSpec, seeds: int, tags: Mapping[str, str] | None = None) -> Cell:
+def stored_pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
     """What the storage holds for a pair, without training anything."""
     try:
         study = open_study(spec.name, spec.storage)
@@ -341,8 +340,13 @@ def compare(
     registry = registry or get_registry()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     proto, specs = load_protocol(source, registry)
+
+    def pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
+        tags = {"comparison": proto.name, "kind": proto.kind, "task": task, "candidate": cand}
+        return run_pair(task, cand, spec, seeds, registry, tags)
+
     with _one_ray(specs.values()):
-        return _table(proto, specs, functools.partial(run_pair, registry=registry), on_cell)
+        return _table(proto, specs, pair, on_cell)
 
 
 @contextmanager
@@ -373,7 +377,7 @@ def load_comparison(source: str | os.PathLike | Mapping[str, Any], registry: Reg
 def _table(
     proto: _Protocol,
     specs: Mapping[tuple[str, str], SearchSpec | SpecError],
-    pair: Callable[..., Cell],
+    pair: Callable[[str, str, SearchSpec, int], Cell],
     on_cell: Callable[[Cell], None] | None = None,
 ) -> Comparison:
     cells = {}
@@ -381,8 +385,7 @@ def _table(
         if isinstance(spec, SpecError):
             cells[task, cand] = Cell(task, cand, error=f"incompatible: {spec.message}")
         else:
-            tags = {"comparison": proto.name, "kind": proto.kind, "task": task, "candidate": cand}
-            cells[task, cand] = pair(task, cand, spec, proto.seeds, tags=tags)
+            cells[task, cand] = pair(task, cand, spec, proto.seeds)
         if on_cell is not None:
             on_cell(cells[task, cand])
     return Comparison(

@@ -20,6 +20,7 @@ from autonorm.build import build_model, build_training_methods
 from autonorm.data import Data
 from autonorm.errors import TrialFailed
 from autonorm.registry import Registry
+from autonorm.results import METRIC_KEYS
 from autonorm.space import sample_config
 from autonorm.spec import SearchSpec
 from autonorm.trainer import fit
@@ -111,7 +112,7 @@ def _repeat(
     copy_outcome(trial, earlier)
     if earlier.state == optuna.trial.TrialState.PRUNED:
         raise optuna.TrialPruned(f"same configuration as trial {earlier.number}, which was pruned")
-    metrics = {key: value for key, value in earlier.user_attrs.items() if isinstance(value, int | float)}
+    metrics = {key: earlier.user_attrs[key] for key in METRIC_KEYS if key in earlier.user_attrs}
     finish("complete", metrics)
     return tuple(earlier.values) if len(earlier.values) > 1 else earlier.values[0]
 

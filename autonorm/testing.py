@@ -62,7 +62,8 @@ __all__ = ["CHECKED_KINDS", "CheckResult", "ContractError", "ContractReport", "c
 #: The kinds :func:`check_component` knows how to check.
 CHECKED_KINDS = ("normalization", "activation", "pooling", "head", "downsampling", "initializer")
 
-_CHECKS = ("shape_dtype", "gradients", "batch_independence", "batch_size_1", "state_dict", "float64")
+#: Checks run in float32; each declared dtype other than float32 adds a check named after it.
+_CHECKS = ("shape_dtype", "gradients", "batch_independence", "batch_size_1", "state_dict")
 
 
 @dataclass(frozen=True)
@@ -227,21 +228,21 @@ def _input(batch: int, channels: int, spatial: tuple[int, ...], seed: int, dtype
 
 
 def _check_all(report, prefix, kind, factory, dependent, ratio, channels, dtypes=("float32", "float64")) -> None:
-    # float32 is what the other checks run in; each other declared dtype has a check of its name
-    checks = [c for c in _CHECKS if c != "float64"] + [d for d in dtypes if d != "float32"]
+    checks = [*_CHECKS, *(d for d in dtypes if d != "float32")]
     for layout, spatial in _layouts(kind).items():
-        for check in checks:
-            name = f"{prefix}{check}{layout}"
+        _check_layout(report, prefix, kind, factory, layout, spatial, checks, dependent, ratio, channels)
+
+
+def _check_layout(report, prefix, kind, factory, layout, spatial, checks, dependent, ratio, channels) -> None:
+    """Each of ``checks`` on a fresh module from ``factory``, for one input layout."""
+    for check in checks:
+
+        def run(check: str = check) -> None:
             torch.manual_seed(0)
-            try:
-                module = _make(kind, factory, channels)
-                _RUN[check](module, kind, factory, spatial, channels, dependent, ratio)
-            except _CheckFailed as exc:
-                report.results.append(CheckResult(name, False, str(exc)))
-            except Exception as exc:  # noqa: BLE001 - any error inside a check fails that check
-                report.results.append(CheckResult(name, False, f"raised {type(exc).__name__}: {exc}"))
-            else:
-                report.results.append(CheckResult(name, True))
+            module = _make(kind, factory, channels)
+            _RUN[check](module, kind, factory, spatial, channels, dependent, ratio)
+
+        _record(report, f"{prefix}{check}{layout}", run)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -461,21 +462,14 @@ def _check_downsampling(report, factory, dependent, channels, dtypes) -> None:
     layout: the output has twice the channels and every spatial size halved (rounding up). Of the declared
     dtypes only float64 is checked: in bfloat16, max pooling after a conv routes gradients differently from
     float32 wherever rounding reorders near-equal values of a window."""
-    checks = [c for c in _CHECKS if c != "float64"] + [d for d in dtypes if d == "float64"]
+    checks = [*_CHECKS, *(d for d in dtypes if d == "float64")]
     for layout, spatial in _layouts("downsampling").items():
         layers = _downsampling_layers(len(spatial))
 
         def block(cin: int, layers: Layers = layers) -> nn.Module:
             return factory(layers, cin, 2 * cin)
 
-        for check in checks:
-
-            def run(check: str = check, spatial: tuple[int, ...] = spatial, block=block) -> None:
-                torch.manual_seed(0)
-                module = _make("downsampling", block, channels)
-                _RUN[check](module, "downsampling", block, spatial, channels, dependent, 1.0)
-
-            _record(report, f"{check}{layout}", run)
+        _check_layout(report, "", "downsampling", block, layout, spatial, checks, dependent, 1.0, channels)
 
 
 # ---------------------------------------------------------------- initializers
@@ -530,14 +524,15 @@ def _check_init_deterministic(model: nn.Module, again: nn.Module, shape: tuple[i
     first, second = model.state_dict(), again.state_dict()
     _require(first.keys() == second.keys(), "two runs from the same torch seed give different state dict keys")
     for name, value in first.items():
-        diff = (value.double() - second[name].double()).abs().max().item() if value.numel() else 0.0
-        same = torch.equal(value, second[name]) or (
-            value.is_floating_point() and bool(((value == second[name]) | (value.isnan() & second[name].isnan())).all())
-        )
-        _require(
-            same,
+        other = second[name]
+        if torch.equal(value, other) or (
+            value.is_floating_point() and torch.allclose(value, other, rtol=0, atol=0, equal_nan=True)
+        ):
+            continue
+        diff = (value.double() - other.double()).abs().max().item() if value.numel() else 0.0
+        raise _CheckFailed(
             f"two runs from the same torch seed give different {name!r} (by {diff:.3g}); "
-            "draw random numbers from torch's global generator or a seeded one",
+            "draw random numbers from torch's global generator or a seeded one"
         )
 
 

@@ -41,8 +41,13 @@ CIFAR_LAYOUTS = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
 }
 
-TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "kmnist": "KMNIST", "cifar10": "CIFAR-10"}
-TITLES["cifar100"] = "CIFAR-100"
+TITLES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "kmnist": "KMNIST",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+}
 
 _NEVER = "datasets are never downloaded: fetch it once, e.g. with torchvision's download=True, and give its root"
 
