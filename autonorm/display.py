@@ -130,10 +130,10 @@ def _choice(choice: Any) -> str:
 
 
 def failed_table(results: StudyResults) -> Table | None:
-    failed = [t for t in results.trials if t.state == "failed"]
+    failed = [t for t in results.trials if t.state == "failed" or (t.diverged and t.repeat_of is None)]
     if not failed:
         return None
-    table = Table(title="failed trials", title_justify="left", style="yellow")
+    table = Table(title="failed and diverged trials", title_justify="left", style="yellow")
     table.add_column("trial", justify="right")
     table.add_column("configuration")
     table.add_column("reason", overflow="fold")
@@ -152,10 +152,9 @@ def best_panel(best: TrialRecord | None, objective: str) -> Panel:
 
 
 def summary(results: StudyResults) -> str:
-    counts = ", ".join(f"{results.count(s)} {s}" for s in ("complete", "pruned", "failed"))
     repeats = sum(t.repeat_of is not None for t in results.trials)
     reused = f"; {repeats} repeated an earlier configuration and reused its outcome" if repeats else ""
-    return f"study {results.name} in {results.storage}: {len(results.trials)} trials ({counts}{reused})"
+    return f"study {results.name} in {results.storage}: {len(results.trials)} trials ({results.counts()}{reused})"
 
 
 class SearchProgress:

@@ -33,3 +33,12 @@ class SpecError(Exception):
 
 class TrialFailed(Exception):
     """A trial that cannot finish (diverged, incompatible input); its reason is recorded in the study."""
+
+
+class Diverged(TrialFailed):
+    """The training loss stopped being finite.
+
+    A search records it as a pruned trial with its reason rather than a failed one: Optuna's samplers
+    leave failed trials out of their model, so TPE would keep proposing what diverges, while a pruned
+    trial counts against the region it came from.
+    """

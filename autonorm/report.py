@@ -171,11 +171,10 @@ def _fmt(value: float | None) -> str:
 
 
 def _header(results: StudyResults) -> str:
-    counts = ", ".join(f"{results.count(s)} {s}" for s in ("complete", "pruned", "failed"))
     goals = ", ".join(f"{o} ({d})" for o, d in zip(results.objectives, results.directions, strict=True))
     lines = [
         f"<h1>{html.escape(results.name)}</h1>",
-        f'<p class="meta">{len(results.trials)} trials ({counts}) &middot; objectives: {html.escape(goals)}'
+        f'<p class="meta">{len(results.trials)} trials ({results.counts()}) &middot; objectives: {html.escape(goals)}'
         + (f" &middot; storage {html.escape(results.storage)}" if results.storage else "")
         + "</p>",
     ]

@@ -71,6 +71,11 @@ class TrialRecord:
         )
 
     @property
+    def diverged(self) -> bool:
+        """Pruned because its training loss stopped being finite (the one pruned trial with a reason)."""
+        return self.state == "pruned" and self.reason is not None
+
+    @property
     def counts_as_done(self) -> bool:
         """Finished for good: completed, pruned, or failed for a recorded reason other than an interruption."""
         if self.state in ("complete", "pruned"):
@@ -145,18 +150,25 @@ class StudyResults:
 
     def leaderboard(self, limit: int | None = None) -> list[TrialRecord]:
         """Completed trials best first, then pruned ones (by their last reported value); a trial that only
-        reused an earlier trial's outcome is left out, the earlier one stands for both."""
+        reused an earlier trial's outcome is left out, the earlier one stands for both, and so is one
+        that diverged."""
         sign = -1.0 if self.direction == "maximize" else 1.0
 
         def key(t: TrialRecord) -> tuple:
             return (t.state != "complete", sign * t.value)
 
-        trained = (t for t in self.trials if t.repeat_of is None)
+        trained = (t for t in self.trials if t.repeat_of is None and not t.diverged)
         ranked = sorted((t for t in trained if t.state in ("complete", "pruned") and t.value is not None), key=key)
         return ranked[:limit] if limit else ranked
 
     def count(self, state: str) -> int:
         return sum(t.state == state for t in self.trials)
+
+    def counts(self) -> str:
+        """Trials by state, as in ``5 complete, 10 pruned (3 diverged), 1 failed``."""
+        diverged = sum(t.diverged for t in self.trials)
+        pruned = f"{self.count('pruned')} pruned" + (f" ({diverged} diverged)" if diverged else "")
+        return f"{self.count('complete')} complete, {pruned}, {self.count('failed')} failed"
 
 
 def default_storage(name: str) -> str:

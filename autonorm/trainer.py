@@ -2,7 +2,7 @@
 
 Data lives on the training device as tensors; batches are index slices of a per-epoch permutation,
 so there is no per-step host work. The loop reports the validation metrics every epoch (pruners act
-on them), ends a trial whose loss stops being finite as failed with the reason "diverged", and
+on them), ends a trial whose loss stops being finite (:class:`Diverged`, reason "diverged"), and
 records cost metrics: trainable parameters, training seconds, inference latency, peak memory.
 """
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autonorm.data import Data
-from autonorm.errors import TrialFailed
+from autonorm.errors import Diverged, TrialFailed
 from autonorm.training_method import TrainingMethod
 
 #: Equal-width confidence bins of the expected calibration error (the bar width 0.05 of JEM's reliability diagrams).
@@ -131,7 +131,7 @@ def fit(
             loss_sum += loss.detach()
         train_loss = loss_sum.item() / max(steps, 1)  # one host sync per epoch
         if not math.isfinite(train_loss):
-            raise TrialFailed(f"diverged: training loss became {train_loss} in epoch {epoch + 1}")
+            raise Diverged(f"diverged: training loss became {train_loss} in epoch {epoch + 1}")
         eval_model = model
         for method in methods:
             method.end_epoch(model, epoch)

@@ -87,6 +87,16 @@ def test_a_trial_that_raises_on_ray_is_recorded_with_its_traceback(local_ray):
     assert "Traceback" in frozen.user_attrs["traceback"] and "testing_plugin.py" in frozen.user_attrs["traceback"]
 
 
+def test_a_trial_that_diverges_on_ray_is_recorded_as_pruned_with_its_reason(local_ray):
+    registry = registry_with_test_components()
+    space = ray_space("ray_diverge", 1)
+    space["space"]["normalization"] = ["explode"]
+    (trial,) = autonorm.search(load_spec(space, registry), registry=registry).trials
+    assert trial.state == "pruned" and trial.diverged and trial.reason.startswith("diverged")
+    (frozen,) = optuna.load_study(study_name="ray_diverge", storage="sqlite:///ray_diverge.db").trials
+    assert frozen.state == optuna.trial.TrialState.PRUNED and "autonorm_pruned" not in frozen.user_attrs
+
+
 def test_ray_started_here_listens_on_the_loopback_address_only(local_ray):
     """Every listening socket of this Ray (GCS, raylet, workers, agents, the driver) is on 127.0.0.1,
     and there is no dashboard."""

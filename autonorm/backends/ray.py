@@ -53,6 +53,8 @@ from autonorm.spec import SearchSpec
 NUMBER, EPOCH, FINAL, ATTRS = "autonorm_trial", "epoch", "autonorm_final", "autonorm_attrs"
 #: In a trial's config: the earlier trial whose outcome it reuses (the same configuration), and its value.
 REPEAT, REPEAT_VALUE = "autonorm_repeat_of", "autonorm_repeat_value"
+#: Set by the Ray trial on a configuration that diverged, which the driver records as pruned.
+PRUNED = "autonorm_pruned"
 
 #: Recorded on a trial whose Ray actor raised (so its own objective could not record a reason).
 RAY_ERROR = "the Ray trial raised; see Ray's logs"
@@ -200,7 +202,11 @@ def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: 
         trial.set_user_attr("repeat_of", config[REPEAT])
         value = config[REPEAT_VALUE]
     else:
-        value = make_objective(spec, data, registry)(trial)
+        try:
+            value = make_objective(spec, data, registry)(trial)
+        except optuna.TrialPruned:  # it diverged: the driver records it as pruned, with its reason
+            trial.set_user_attr(PRUNED, True)
+            value = float("nan")
     # as JSON text: Ray Tune flattens nested dictionaries in results
     attrs = json.dumps(trial.user_attrs)
     tune.report({spec.search.objective: value, EPOCH: spec.epochs, FINAL: True, ATTRS: attrs})
@@ -251,8 +257,12 @@ class StudySearch(OptunaSearch):
                 trial.set_user_attr("ray_node", attrs["ray_node"])
                 self._finish(trial_id, earlier.state, earlier.value if earlier.state == TrialState.COMPLETE else None)
                 return
+            pruned = attrs.pop(PRUNED, False)
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
+            if pruned:
+                self._finish(trial_id, TrialState.PRUNED)
+                return
             value = result[self.metric]
             ok = "fail_reason" not in attrs and value is not None and math.isfinite(value)
             self._finish(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, value if ok else None)
