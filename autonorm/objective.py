@@ -43,10 +43,11 @@ def make_objective(
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             prune = prunable and objective_key in metrics
-            if prune:
-                trial.report(metrics[objective_key], epoch)
+            if prune:  # the step is the number of epochs done, as Ray's schedulers count
+                trial.report(metrics[objective_key], epoch + 1)
             hook.autonorm_trial_reported(study_name=spec.name, number=trial.number, epoch=epoch, metrics=metrics)
-            if prune and trial.should_prune():
+            # after the last epoch stopping saves nothing, and the trial's result is complete
+            if prune and epoch + 1 < spec.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
 
         try:

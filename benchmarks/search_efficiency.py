@@ -94,8 +94,8 @@ def epochs_to_target(spec, data, table, target: float, max_trials: int) -> tuple
             return earlier.value
         for epoch, accuracy in enumerate(curve):
             spent += 1
-            trial.report(accuracy, epoch)
-            if trial.should_prune():
+            trial.report(accuracy, epoch + 1)  # as the objective: the step is the number of epochs done,
+            if epoch + 1 < len(curve) and trial.should_prune():  # and the last epoch is never pruned
                 raise optuna.TrialPruned()
         return curve[-1]
 

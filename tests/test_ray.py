@@ -72,7 +72,7 @@ def test_ray_search_writes_the_optuna_study_that_results_and_resume_read(local_r
     assert autonorm.build_model(best.config)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     study = optuna.load_study(study_name="ray_tiny", storage="sqlite:///ray_tiny.db")
     assert {t.user_attrs["ray_node"] for t in study.trials} <= {n["NodeID"] for n in ray.nodes()}
-    assert all(t.intermediate_values == {0: t.value} for t in study.trials)  # epoch reports, as Optuna's own
+    assert all(t.intermediate_values == {1: t.value} for t in study.trials)  # step = epochs done, as without Ray
     resumed = autonorm.search(ray_space("ray_tiny", 3), registry=registry)
     assert len(resumed.trials) == 3 and [t.params for t in resumed.trials[:2]] == [t.params for t in loaded.trials]
 
@@ -167,12 +167,13 @@ def test_half_a_gpu_per_trial_packs_two_trials_on_one_gpu(local_ray, tmp_path):
 def test_asha_on_ray_finishes_exactly_the_requested_trials(local_ray):
     registry = registry_with_test_components()
     space = ray_space("ray_asha", 4, pruner="asha")
+    space["train"]["epochs"] = 3  # first rung after 1 epoch, as without Ray; never after the last
     results = autonorm.search(space, registry=registry)
     assert len(results.trials) == 4 and {t.state for t in results.trials} <= {"complete", "pruned"}
     study = optuna.load_study(study_name="ray_asha", storage="sqlite:///ray_asha.db")
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and "repeat_of" not in t.user_attrs]
-    assert pruned and all(list(t.intermediate_values) == [0] for t in pruned)  # stopped at the first rung
+    assert pruned and all(list(t.intermediate_values) == [1] for t in pruned)  # stopped at the first rung, epoch 1
     again = autonorm.search(space, registry=registry)  # all counted as done: nothing more to run
     assert [t.number for t in again.trials] == [0, 1, 2, 3]
 

@@ -89,6 +89,25 @@ def test_tpe_stops_proposing_a_normalization_that_diverges(tmp_path):
     assert sum(t.config.components["normalization"].name == "explode" for t in after_startup) <= 6
 
 
+def test_asha_decides_after_a_third_of_the_epochs_and_never_after_the_last(tmp_path):
+    """Steps are epochs done (as Ray's schedulers count): with 8 epochs the first rung is after
+    epoch 3 (the next, 9, is past the end), and a trial that trained all 8 completes."""
+    spec = load_spec(
+        {
+            "name": "rungs",
+            "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
+            "space": {"normalization": ["batchnorm", "layernorm"], "pooling": ["avg", "max"]},
+            "train": {"epochs": 8, "lr": {"loguniform": [0.001, 0.3]}},
+            "search": {"trials": 12, "sampler": "random", "pruner": "asha", "seed": 0},
+        }
+    )
+    autonorm.search(spec)
+    trials = __import__("optuna").load_study(study_name="rungs", storage="sqlite:///rungs.db").trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all(list(t.intermediate_values) == [1, 2, 3] for t in pruned)
+    assert all(list(t.intermediate_values) == list(range(1, 9)) for t in trials if t.state.name == "COMPLETE")
+
+
 def test_interrupted_trial_is_recorded_and_rerun_on_resume():
     registry = registry_with_test_components()
     space = {

@@ -40,7 +40,14 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, HyperBan
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
-from autonorm.backends.optuna import Callback, done_count, first_rung, make_sampler, open_search_study
+from autonorm.backends.optuna import (
+    MEDIAN_WARMUP,
+    Callback,
+    done_count,
+    first_rung,
+    make_sampler,
+    open_search_study,
+)
 from autonorm.data import Data, load_data
 from autonorm.errors import TrialFailed
 from autonorm.objective import copy_outcome, earlier_trial, make_objective
@@ -166,9 +173,10 @@ class StopOnSignal(Stopper):
 
 
 def make_scheduler(spec: SearchSpec) -> Any:
-    """The Ray scheduler matching the spec's pruner. One step is one epoch, plus the trial's final report."""
+    """The Ray scheduler matching the spec's pruner. One step is one epoch; the last epoch's is the
+    trial's final report, so a scheduler's decision there cannot cut a trained trial's result."""
     metric, mode = spec.search.objective, "max" if spec.search.direction == "maximize" else "min"
-    max_t = spec.epochs + 1
+    max_t = spec.epochs
     if spec.search.pruner == "asha":
         return AsyncHyperBandScheduler(
             metric=metric, mode=mode, max_t=max_t, grace_period=first_rung(spec), reduction_factor=3
@@ -177,7 +185,11 @@ def make_scheduler(spec: SearchSpec) -> Any:
         return HyperBandScheduler(metric=metric, mode=mode, max_t=max_t)
     if spec.search.pruner == "median":
         return MedianStoppingRule(
-            time_attr="training_iteration", metric=metric, mode=mode, grace_period=1, min_samples_required=4
+            time_attr="training_iteration",
+            metric=metric,
+            mode=mode,
+            grace_period=MEDIAN_WARMUP,
+            min_samples_required=4,
         )
     return FIFOScheduler()
 
@@ -185,18 +197,19 @@ def make_scheduler(spec: SearchSpec) -> Any:
 class _ReplayedTrial(optuna.trial.FixedTrial):
     """The driver's sampled parameters, replayed in a Ray actor; reports go to Ray Tune."""
 
-    def __init__(self, params: dict[str, Any], number: int, objective: str) -> None:
+    def __init__(self, params: dict[str, Any], number: int, objective: str, epochs: int) -> None:
         super().__init__(params, number)
-        self._objective = objective
+        self._objective, self._epochs = objective, epochs
 
     def report(self, value: float, step: int) -> None:
-        tune.report({self._objective: value, EPOCH: step})
+        if step < self._epochs:  # the last epoch's value comes with the final report
+            tune.report({self._objective: value, EPOCH: step})
 
 
 def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: Registry) -> None:
     """A Ray Tune function trainable: train the sampled configuration and report its outcome last."""
     params = {k: v for k, v in config.items() if k not in (NUMBER, REPEAT, REPEAT_VALUE)}
-    trial = _ReplayedTrial(params, config[NUMBER], spec.search.objective)
+    trial = _ReplayedTrial(params, config[NUMBER], spec.search.objective, spec.epochs)
     trial.set_user_attr("ray_node", ray.get_runtime_context().get_node_id())
     if REPEAT in config:  # the driver found this configuration already trained: nothing to train
         trial.set_user_attr("repeat_of", config[REPEAT])
@@ -265,6 +278,9 @@ class StudySearch(OptunaSearch):
                 return
             value = result[self.metric]
             ok = "fail_reason" not in attrs and value is not None and math.isfinite(value)
+            last = (attrs.get("history") or [{}])[-1]
+            if ok and self.metric in last:  # the last epoch's report, which came with this final one
+                trial.report(last[self.metric], len(attrs["history"]))
             self._finish(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, value if ok else None)
         elif error:
             trial.set_user_attr("fail_reason", RAY_ERROR)
