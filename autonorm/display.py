@@ -130,10 +130,10 @@ def _choice(choice: Any) -> str:
 
 
 def failed_table(results: StudyResults) -> Table | None:
-    failed = [t for t in results.trials if t.state == "failed" or (t.diverged and t.repeat_of is None)]
+    failed = [t for t in results.trials if t.state == "failed" or (t.rejected and t.repeat_of is None)]
     if not failed:
         return None
-    table = Table(title="failed and diverged trials", title_justify="left", style="yellow")
+    table = Table(title="failed, diverged and incompatible trials", title_justify="left", style="yellow")
     table.add_column("trial", justify="right")
     table.add_column("configuration")
     table.add_column("reason", overflow="fold")

@@ -35,10 +35,19 @@ class TrialFailed(Exception):
     """A trial that cannot finish (diverged, incompatible input); its reason is recorded in the study."""
 
 
-class Diverged(TrialFailed):
-    """The training loss stopped being finite.
+class Rejected(TrialFailed):
+    """A configuration the search should steer away from: it diverged, or its components rule each
+    other out.
 
     A search records it as a pruned trial with its reason rather than a failed one: Optuna's samplers
-    leave failed trials out of their model, so TPE would keep proposing what diverges, while a pruned
-    trial counts against the region it came from.
+    leave failed trials out of their model, so TPE would keep proposing it, while a pruned trial
+    counts against the region it came from.
     """
+
+
+class Diverged(Rejected):
+    """The training loss stopped being finite."""
+
+
+class Incompatible(Rejected):
+    """The chosen components rule each other out (a component's ``excludes`` or ``requires``)."""

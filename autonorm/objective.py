@@ -2,8 +2,9 @@
 
 Every outcome is recorded on the trial: metrics and the configuration as user attributes, a failure's
 reason (and traceback for unexpected errors) as ``fail_reason``/``traceback``. Failures return NaN,
-which Optuna records as a failed trial, and the search goes on; a trial that diverged is recorded as
-pruned, with its reason, so that the sampler learns from it (see :class:`Diverged`). A configuration
+which Optuna records as a failed trial, and the search goes on; a trial that diverged, or whose
+components rule each other out, is recorded as pruned with its reason, so that the sampler learns
+from it (see :class:`Rejected`). A configuration
 the sampler proposes again is not trained again (unless ``search.retrain_repeats``): the trial takes the earlier trial's
 outcome and records ``repeat_of``, so a search spends no epochs on what it has already measured.
 """
@@ -19,7 +20,7 @@ import torch
 
 from autonorm.build import build_model, build_training_methods
 from autonorm.data import Data
-from autonorm.errors import Diverged, TrialFailed
+from autonorm.errors import Rejected, TrialFailed
 from autonorm.registry import Registry
 from autonorm.results import METRIC_KEYS
 from autonorm.space import sample_config
@@ -80,7 +81,7 @@ def make_objective(
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
-        except Diverged as exc:
+        except Rejected as exc:
             if prunable:  # Optuna prunes single-objective studies only
                 trial.set_user_attr("fail_reason", str(exc))
                 finish("pruned", {"reason": str(exc)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,8 @@ class TrialRecord:
         )
 
     @property
-    def diverged(self) -> bool:
-        """Pruned because its training loss stopped being finite (the one pruned trial with a reason)."""
+    def rejected(self) -> bool:
+        """Pruned for a reason (it diverged, or its components rule each other out), not for its score."""
         return self.state == "pruned" and self.reason is not None
 
     @property
@@ -150,14 +151,14 @@ class StudyResults:
 
     def leaderboard(self, limit: int | None = None) -> list[TrialRecord]:
         """Completed trials best first, then pruned ones (by their last reported value); a trial that only
-        reused an earlier trial's outcome is left out, the earlier one stands for both, and so is one
-        that diverged."""
+        reused an earlier trial's outcome is left out, the earlier one stands for both, and so is a
+        rejected one."""
         sign = -1.0 if self.direction == "maximize" else 1.0
 
         def key(t: TrialRecord) -> tuple:
             return (t.state != "complete", sign * t.value)
 
-        trained = (t for t in self.trials if t.repeat_of is None and not t.diverged)
+        trained = (t for t in self.trials if t.repeat_of is None and not t.rejected)
         ranked = sorted((t for t in trained if t.state in ("complete", "pruned") and t.value is not None), key=key)
         return ranked[:limit] if limit else ranked
 
@@ -165,9 +166,11 @@ class StudyResults:
         return sum(t.state == state for t in self.trials)
 
     def counts(self) -> str:
-        """Trials by state, as in ``5 complete, 10 pruned (3 diverged), 1 failed``."""
-        diverged = sum(t.diverged for t in self.trials)
-        pruned = f"{self.count('pruned')} pruned" + (f" ({diverged} diverged)" if diverged else "")
+        """Trials by state, as in ``5 complete, 10 pruned (3 diverged, 1 incompatible), 1 failed``."""
+        why = Counter(t.reason.partition(":")[0] for t in self.trials if t.rejected)
+        pruned = f"{self.count('pruned')} pruned"
+        if why:
+            pruned += " (" + ", ".join(f"{n} {reason}" for reason, n in sorted(why.items())) + ")"
         return f"{self.count('complete')} complete, {pruned}, {self.count('failed')} failed"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from autonorm.config import ComponentChoice, TrialConfig
-from autonorm.errors import TrialFailed
+from autonorm.errors import Incompatible
 from autonorm.spec import Candidate, SearchSpec
 
 
@@ -27,7 +27,7 @@ def _params(trial: Any, prefix: str, cand: Candidate) -> dict[str, Any]:
 def sample_config(trial: Any, spec: SearchSpec, input_shape: tuple[int, ...], num_classes: int) -> TrialConfig:
     """Choose every component and hyperparameter for one trial.
 
-    Raises :class:`TrialFailed` for a combination that the components' declarations rule out.
+    Raises :class:`Incompatible` for a combination that the components' declarations rule out.
     """
     chosen: dict[str, Candidate] = {"model": spec.model}
     for kind, candidates in spec.space.items():
@@ -56,15 +56,15 @@ def sample_config(trial: Any, spec: SearchSpec, input_shape: tuple[int, ...], nu
 
 
 def check_compatible(chosen: dict[str, Any]) -> None:
-    """Raise :class:`TrialFailed` if a chosen component excludes, or lacks, another chosen one."""
+    """Raise :class:`Incompatible` if a chosen component excludes, or lacks, another chosen one."""
     names = {kind: comp.name for kind, comp in chosen.items()}
     for comp in chosen.values():
         for rule in comp.excludes:
             kind, _, name = rule.partition(":")
             if name and names.get(kind) == name:
-                raise TrialFailed(f"incompatible: {comp.kind} {comp.name} excludes {kind} {name}")
+                raise Incompatible(f"incompatible: {comp.kind} {comp.name} excludes {kind} {name}")
         for rule in comp.requires:
             kind, _, name = rule.partition(":")
             missing = names.get(kind) != name if name else kind not in names
             if missing:
-                raise TrialFailed(f"incompatible: {comp.kind} {comp.name} requires {rule}")
+                raise Incompatible(f"incompatible: {comp.kind} {comp.name} requires {rule}")

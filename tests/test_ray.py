@@ -92,7 +92,7 @@ def test_a_trial_that_diverges_on_ray_is_recorded_as_pruned_with_its_reason(loca
     space = ray_space("ray_diverge", 1)
     space["space"]["normalization"] = ["explode"]
     (trial,) = autonorm.search(load_spec(space, registry), registry=registry).trials
-    assert trial.state == "pruned" and trial.diverged and trial.reason.startswith("diverged")
+    assert trial.state == "pruned" and trial.rejected and trial.reason.startswith("diverged")
     (frozen,) = optuna.load_study(study_name="ray_diverge", storage="sqlite:///ray_diverge.db").trials
     assert frozen.state == optuna.trial.TrialState.PRUNED and "autonorm_pruned" not in frozen.user_attrs
 

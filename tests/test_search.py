@@ -55,17 +55,36 @@ def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(tmp_p
         if comps["activation"].name == "raises":
             assert t.state == "failed" and t.reason == "RuntimeError: boom inside a trial"
         elif comps["normalization"].name == "explode":  # pruned with its reason, so the sampler learns
-            assert t.state == "pruned" and t.diverged and t.reason.startswith("diverged")
+            assert t.state == "pruned" and t.rejected and t.reason.startswith("diverged")
         else:
             assert t.state == "complete" and math.isfinite(t.value)
         by_reason[t.state] = by_reason.get(t.state, 0) + 1
     assert by_reason.get("complete") and by_reason.get("failed") and by_reason.get("pruned")
-    assert "diverged" in results.counts() and not any(t.diverged for t in results.leaderboard())
+    assert "diverged" in results.counts() and not any(t.rejected for t in results.leaderboard())
     study = __import__("optuna").load_study(study_name="failing", storage="sqlite:///failing.db")
     raised = [t for t in study.trials if t.user_attrs.get("fail_reason", "").startswith("RuntimeError")]
     assert raised and "Traceback" in raised[0].user_attrs["traceback"]
     # failed trials count as done: a rerun adds nothing
     assert len(autonorm.search(spec, registry=registry).trials) == 8
+
+
+def test_an_incompatible_combination_is_recorded_as_pruned_with_its_reason(tmp_path):
+    registry = registry_with_test_components()
+    spec = load_spec(
+        {
+            "name": "incompatible",
+            "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
+            "space": {"normalization": ["no_elu", "batchnorm"], "activation": ["relu", "elu"]},
+            "train": {"epochs": 1},
+            "search": {"trials": 10, "sampler": "random", "pruner": "none", "seed": 0},
+        },
+        registry,
+    )
+    results = autonorm.search(spec, registry=registry)
+    clash = [t for t in results.trials if t.params == {"normalization": "no_elu", "activation": "elu"}]
+    assert clash and all(t.state == "pruned" and t.rejected for t in clash)
+    assert all(t.reason == "incompatible: normalization no_elu excludes activation elu" for t in clash)
+    assert "incompatible" in results.counts() and all(t.state == "complete" for t in results.trials if t not in clash)
 
 
 def test_tpe_stops_proposing_a_normalization_that_diverges(tmp_path):

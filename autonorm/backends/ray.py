@@ -60,7 +60,7 @@ from autonorm.spec import SearchSpec
 NUMBER, EPOCH, FINAL, ATTRS = "autonorm_trial", "epoch", "autonorm_final", "autonorm_attrs"
 #: In a trial's config: the earlier trial whose outcome it reuses (the same configuration), and its value.
 REPEAT, REPEAT_VALUE = "autonorm_repeat_of", "autonorm_repeat_value"
-#: Set by the Ray trial on a configuration that diverged, which the driver records as pruned.
+#: Set by the Ray trial on a rejected configuration (it diverged, or is incompatible): recorded as pruned.
 PRUNED = "autonorm_pruned"
 
 #: Recorded on a trial whose Ray actor raised (so its own objective could not record a reason).
@@ -217,7 +217,7 @@ def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: 
     else:
         try:
             value = make_objective(spec, data, registry)(trial)
-        except optuna.TrialPruned:  # it diverged: the driver records it as pruned, with its reason
+        except optuna.TrialPruned:  # rejected (diverged, incompatible): the driver records it as pruned
             trial.set_user_attr(PRUNED, True)
             value = float("nan")
     # as JSON text: Ray Tune flattens nested dictionaries in results
