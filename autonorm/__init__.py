@@ -17,7 +17,7 @@ from autonorm.config import ComponentChoice, TrialConfig  # noqa: E402
 from autonorm.data import Arrays, Data  # noqa: E402
 from autonorm.errors import SpecError, TrialFailed  # noqa: E402
 from autonorm.final import TrainedModel, load_trained, train  # noqa: E402
-from autonorm.params import Choice, Float, Int, Str  # noqa: E402
+from autonorm.params import Choice, FilePath, Float, Int, Str  # noqa: E402
 from autonorm.registry import Component, Registry, get_registry  # noqa: E402
 from autonorm.results import StudyResults, TrialRecord, load_study  # noqa: E402
 from autonorm.spec import SearchSpec, load_spec  # noqa: E402
@@ -32,6 +32,7 @@ __all__ = [
     "Component",
     "ComponentChoice",
     "Data",
+    "FilePath",
     "Float",
     "Int",
     "Layers",

@@ -181,12 +181,13 @@ def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
 
 
 def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Registry) -> tuple[_Protocol, dict]:
-    """Validate a protocol and build the search spec of every (task, candidate) pair."""
-    file, tree = None, None
+    """Validate a protocol and build the search spec of every (task, candidate) pair (relative
+    paths in its tasks are read from the protocol file's folder)."""
+    file, tree, folder = None, None, None
     if isinstance(source, Mapping):
         raw = dict(source)
     else:
-        file = str(source)
+        file, folder = str(source), Path(source).absolute().parent
         try:
             text = Path(source).read_text()
             raw, tree = yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
@@ -231,7 +232,7 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
                 "search": {"pruner": "none", **proto.search, "trials": proto.trials},
             }
             try:
-                specs[task.name, cand] = load_spec(raw_spec, registry)
+                specs[task.name, cand] = load_spec(raw_spec, registry, folder)
             except SpecError as exc:
                 if exc.path and exc.path.startswith(f"space.{proto.kind}."):
                     specs[task.name, cand] = exc  # an incompatible candidate: shown in its cell

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Int",
     "Choice",
     "Str",
+    "FilePath",
     "Domain",
     "Fixed",
     "Categorical",
@@ -220,6 +222,19 @@ class Str:
 
     def __str__(self) -> str:
         return repr(self.default)
+
+
+@dataclass(frozen=True)
+class FilePath(Str):
+    """A file or folder; never searched. A relative path is read from the folder of the YAML file
+    that gives it (or leaves it at its default), so a space or protocol reads the same files from
+    any working directory; one given from Python is relative to the working directory."""
+
+    type_name = "path"
+
+    def resolve(self, value: str, folder: Path | None) -> str:
+        path = Path(value).expanduser()
+        return str(folder / path if folder is not None and not path.is_absolute() else path)
 
 
 Param = Float | Int | Choice | Str

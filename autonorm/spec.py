@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError
-from autonorm.params import Choice, Domain, DomainError, Fixed, Float, Int, Param, parse_domain
+from autonorm.params import Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
 
 #: Kinds a search space chooses among, with the component used when the space does not mention them.
@@ -223,11 +223,17 @@ class SearchSpec:
 # ---------------------------------------------------------------- loading
 
 
-def load_spec(source: str | os.PathLike | Mapping[str, Any], registry: Registry | None = None) -> SearchSpec:
-    """Read and validate a search space from a YAML file path or an already-parsed mapping."""
+def load_spec(
+    source: str | os.PathLike | Mapping[str, Any], registry: Registry | None = None, folder: Path | None = None
+) -> SearchSpec:
+    """Read and validate a search space from a YAML file path or an already-parsed mapping.
+
+    Relative paths (a dataset's ``path``, ``root``) are read from the file's folder; for a mapping,
+    from ``folder`` if given (a protocol file's), else from the working directory.
+    """
     registry = registry or get_registry()
     if isinstance(source, Mapping):
-        return _Parser(None, None, registry).parse(dict(source))
+        return _Parser(None, None, registry, folder).parse(dict(source))
     path = Path(source)
     try:
         text = path.read_text()
@@ -245,12 +251,12 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any], registry: Registry 
         raw = {}
     if not isinstance(raw, dict):
         raise SpecError(f"expected a mapping of sections at the top, got {type(raw).__name__}", file=str(path))
-    return _Parser(str(path), tree, registry).parse(raw)
+    return _Parser(str(path), tree, registry, path.absolute().parent).parse(raw)
 
 
 class _Parser:
-    def __init__(self, file: str | None, tree: yaml.Node | None, registry: Registry) -> None:
-        self.file, self.tree, self.registry = file, tree, registry
+    def __init__(self, file: str | None, tree: yaml.Node | None, registry: Registry, folder: Path | None) -> None:
+        self.file, self.tree, self.registry, self.folder = file, tree, registry, folder
 
     def error(self, path: tuple, message: str) -> SpecError:
         line, col = _locate(self.tree, path)
@@ -267,6 +273,9 @@ class _Parser:
         dataset = self.component("dataset", file.data.dataset, ("data", "dataset"))
         data_extra = dict(file.data.model_extra or {})
         data_params = {key: self.fixed_value(dataset, key, value, ("data", key)) for key, value in data_extra.items()}
+        for key, param in dataset.params.items():
+            if isinstance(param, FilePath) and self.folder is not None:
+                data_params[key] = param.resolve(data_params.get(key, param.default), self.folder)
         backbone = self.component("model", file.model.backbone, ("model", "backbone"))
         model = Candidate(backbone, self.params(backbone, file.model.model_extra or {}, ("model",)))
         space = {kind: self.candidates(kind, file.space.get(kind, default)) for kind, default in SEARCHED_KINDS.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import autonorm
-from autonorm import Arrays, Component, SpecError, Str
+from autonorm import Arrays, Component, FilePath, SpecError
 
 _KEYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
 
@@ -34,4 +34,4 @@ def npz(path: str) -> Arrays:
 
 @autonorm.hookimpl
 def autonorm_components() -> list[Component]:
-    return [Component(kind="dataset", name="npz", factory=npz, params={"path": Str("data.npz")})]
+    return [Component(kind="dataset", name="npz", factory=npz, params={"path": FilePath("data.npz")})]

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import autonorm
-from autonorm import Arrays, Component, Int, SpecError, Str
+from autonorm import Arrays, Component, FilePath, Int, SpecError
 
 #: IDX type codes (third byte of the magic number) -> big-endian numpy dtypes.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -187,7 +187,7 @@ def _factory(name: str):
 
 @autonorm.hookimpl
 def autonorm_components() -> list[Component]:
-    params = {"root": Str("data"), "limit": Int(0, 0, 60000)}
+    params = {"root": FilePath("data"), "limit": Int(0, 0, 60000)}
     return [
         Component(kind="dataset", name=name, factory=_factory(name), params=params)
         for name in (*MNIST_FOLDERS, *CIFAR_LAYOUTS)

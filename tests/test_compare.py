@@ -119,6 +119,19 @@ def test_protocol_defaults_to_every_installed_candidate(with_plugins):
     assert ("digits", "sample_rms") in specs
 
 
+def test_relative_task_paths_are_read_from_the_protocol_file_folder(tmp_path):
+    (tmp_path / "protocols").mkdir()
+    path = write(
+        tmp_path / "protocols" / "p.yaml",
+        "name: p\nkind: normalization\ncandidates: [batchnorm]\n"
+        "tasks: [{name: cifar, data: {dataset: cifar10, root: ../data}},\n"
+        "        {name: own, data: {dataset: npz, path: a.npz}}]\n",
+    )
+    _, specs = load_protocol(path, autonorm.get_registry())
+    assert specs["cifar", "batchnorm"].data_params["root"] == str(tmp_path / "protocols" / ".." / "data")
+    assert specs["own", "batchnorm"].data_params["path"] == str(tmp_path / "protocols" / "a.npz")
+
+
 def test_protocol_errors_name_the_place(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("name: p\nkind: normalization\ncandidates: [batchnorm, gropnorm]\ntasks: [{name: d, data: {}}]\n")

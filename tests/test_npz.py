@@ -6,7 +6,7 @@ import pytest
 import autonorm
 from autonorm import ComponentChoice, SpecError
 from autonorm.data import load_data
-from tests.conftest import write
+from tests.conftest import run_cli, write
 
 
 def make_signals(path, n=120, with_val=True):
@@ -30,6 +30,23 @@ def test_npz_1d_search(tmp_path):
     )
     results = autonorm.search(space)
     assert results.best.config.input_shape == (1, 32) and results.best.config.num_classes == 3
+
+
+def test_a_relative_path_is_read_from_the_space_file_folder_whatever_the_working_directory(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    make_signals(project / "signals.npz")
+    write(
+        project / "sig.yaml",
+        "data: {dataset: npz, path: signals.npz}\nmodel: {backbone: small_cnn, depth: 1, width: 4}\n"
+        "train: {epochs: 1}\nsearch: {trials: 1, storage: 'sqlite:///sig.db'}\n",
+    )
+    proc = run_cli("search", "project/sig.yaml", "-q")  # from tmp_path, where signals.npz is not
+    assert "1 complete" in proc.stdout
+    config = autonorm.load_study("sig").best.config
+    assert config.dataset.params["path"] == str(project / "signals.npz")
+    spec = autonorm.load_spec({"data": {"dataset": "npz", "path": "signals.npz"}})  # from Python: the cwd
+    assert spec.data_params == {"path": "signals.npz"}
 
 
 def test_npz_explicit_validation_split_is_used(tmp_path):
