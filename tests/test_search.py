@@ -12,6 +12,19 @@ from tests.conftest import TINY_SPACE, write
 from tests.helpers import registry_with_test_components
 
 
+def search_small_cnn(name: str, space: dict, train: dict, **search) -> list:
+    """Search a one-block small_cnn over ``space`` with the test components; the trials."""
+    registry = registry_with_test_components()
+    raw = {
+        "name": name,
+        "model": {"backbone": "small_cnn", "depth": 1, "width": 8},
+        "space": space,
+        "train": train,
+        "search": {"pruner": "none", "seed": 0, **search},
+    }
+    return autonorm.search(load_spec(raw, registry), registry=registry)
+
+
 def test_search_then_load_best_and_rebuild(tmp_path):
     results = autonorm.search(write(tmp_path / "tiny.yaml", TINY_SPACE))
     assert results.count("complete") == 3
@@ -69,18 +82,8 @@ def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(tmp_p
 
 
 def test_an_incompatible_combination_is_recorded_as_pruned_with_its_reason(tmp_path):
-    registry = registry_with_test_components()
-    spec = load_spec(
-        {
-            "name": "incompatible",
-            "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
-            "space": {"normalization": ["no_elu", "batchnorm"], "activation": ["relu", "elu"]},
-            "train": {"epochs": 1},
-            "search": {"trials": 10, "sampler": "random", "pruner": "none", "seed": 0},
-        },
-        registry,
-    )
-    results = autonorm.search(spec, registry=registry)
+    space = {"normalization": ["no_elu", "batchnorm"], "activation": ["relu", "elu"]}
+    results = search_small_cnn("incompatible", space, {"epochs": 1}, trials=10, sampler="random")
     clash = [t for t in results.trials if t.params == {"normalization": "no_elu", "activation": "elu"}]
     assert clash and all(t.state == "pruned" and t.rejected for t in clash)
     assert all(t.reason == "incompatible: normalization no_elu excludes activation elu" for t in clash)
@@ -91,18 +94,9 @@ def test_tpe_stops_proposing_a_normalization_that_diverges(tmp_path):
     """Optuna's TPE leaves failed trials out of its model, so a choice that always diverges looks
     unexplored and keeps being proposed (recorded as failed: 12 to 19 of the 22 trials after the
     start-up ones, seeds 0 to 3); recorded as pruned, it counts against that choice."""
-    registry = registry_with_test_components()
-    spec = load_spec(
-        {
-            "name": "avoid_divergence",
-            "model": {"backbone": "small_cnn", "depth": 1, "width": 8},
-            "space": {"normalization": ["explode", "batchnorm", "groupnorm", "layernorm"]},
-            "train": {"epochs": 1, "lr": {"loguniform": [0.01, 0.1]}},
-            "search": {"trials": 30, "sampler": "tpe", "pruner": "none", "seed": 0},
-        },
-        registry,
-    )
-    trials = autonorm.search(spec, registry=registry).trials
+    space = {"normalization": ["explode", "batchnorm", "groupnorm", "layernorm"]}
+    train = {"epochs": 1, "lr": {"loguniform": [0.01, 0.1]}}
+    trials = search_small_cnn("avoid_divergence", space, train, trials=30, sampler="tpe").trials
     after_startup = [t for t in trials[8:] if t.repeat_of is None]
     assert len(after_startup) >= 15
     assert sum(t.config.components["normalization"].name == "explode" for t in after_startup) <= 6
@@ -111,16 +105,9 @@ def test_tpe_stops_proposing_a_normalization_that_diverges(tmp_path):
 def test_asha_decides_after_a_third_of_the_epochs_and_never_after_the_last(tmp_path):
     """Steps are epochs done (as Ray's schedulers count): with 8 epochs the first rung is after
     epoch 3 (the next, 9, is past the end), and a trial that trained all 8 completes."""
-    spec = load_spec(
-        {
-            "name": "rungs",
-            "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
-            "space": {"normalization": ["batchnorm", "layernorm"], "pooling": ["avg", "max"]},
-            "train": {"epochs": 8, "lr": {"loguniform": [0.001, 0.3]}},
-            "search": {"trials": 12, "sampler": "random", "pruner": "asha", "seed": 0},
-        }
-    )
-    autonorm.search(spec)
+    space = {"normalization": ["batchnorm", "layernorm"], "pooling": ["avg", "max"]}
+    train = {"epochs": 8, "lr": {"loguniform": [0.001, 0.3]}}
+    search_small_cnn("rungs", space, train, trials=12, sampler="random", pruner="asha")
     trials = __import__("optuna").load_study(study_name="rungs", storage="sqlite:///rungs.db").trials
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     assert pruned and all(list(t.intermediate_values) == [1, 2, 3] for t in pruned)
