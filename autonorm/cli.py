@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.markup import escape
 from autonorm import display
 from autonorm.api import search
 from autonorm.backends.optuna import done_count, open_search_study
-from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
+from autonorm.backends.workers import STORAGE_ENV, interrupt_once, run_worker, worker_spec
 from autonorm.comparison import Comparison, compare, is_protocol, load_comparison, load_protocol
 from autonorm.errors import SpecError
 from autonorm.final import train
@@ -103,7 +104,11 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if not args.quiet:
         console.print(f"worker joined study {spec.name} in {mask_url(spec.storage)}: {spec.search.trials} trials")
-    results = run_worker(spec, registry)
+    previous = signal.signal(signal.SIGINT, interrupt_once)
+    try:
+        results = run_worker(spec, registry)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if not args.quiet:
         console.print(display.summary(results))
     return 0

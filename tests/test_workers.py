@@ -10,12 +10,13 @@ import subprocess
 import time
 
 import optuna
+import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
 import autonorm
 from autonorm.backends.optuna import open_search_study
-from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR
+from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR, interrupt_once
 from autonorm.cli import main
 from autonorm.results import TrialRecord
 from autonorm.storage import open_storage
@@ -54,6 +55,20 @@ def wait_for_trial_mid_training(url: str, name: str, procs, timeout: float = 480
     raise AssertionError("no trial was seen mid-training")
 
 
+def test_a_worker_is_interrupted_by_the_first_ctrl_c_only():
+    """A terminal's Ctrl-C reaches a worker twice (directly, and passed on by the parent that started
+    it); the second must not cut short the recording of its trial as interrupted."""
+    previous = signal.signal(signal.SIGINT, interrupt_once)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_sqlite_is_refused_for_several_workers_and_left_untouched(tmp_path, capsys):
     space = write(tmp_path / "w.yaml", SPACE.format(name="w", epochs=1, trials=2))
     assert main(["search", str(space), "--workers", "2", "-q"]) == 2
@@ -65,7 +80,8 @@ def test_sqlite_is_refused_for_several_workers_and_left_untouched(tmp_path, caps
 
 
 def test_a_killed_worker_trial_is_retried_by_another_and_none_is_lost(tmp_path, postgres_url):  # noqa: F811
-    spec = autonorm.load_spec(yaml.safe_load(SPACE.format(name="k", epochs=3, trials=3)))
+    # 12 epochs: the kill lands while the trial trains, however fast its epochs
+    spec = autonorm.load_spec(yaml.safe_load(SPACE.format(name="k", epochs=12, trials=3)))
     spec.search = spec.search.model_copy(update={"storage": postgres_url})
     open_search_study(spec).set_user_attr(TARGET_ATTR, 3)
     env = {**os.environ, **FAST_HEARTBEATS, STORAGE_ENV: postgres_url}

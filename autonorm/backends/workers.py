@@ -20,6 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -114,6 +115,18 @@ def worker_spec(study_name: str, storage: str, registry: Registry, trials: int |
     target = trials or study.user_attrs.get(TARGET_ATTR) or spec.search.trials
     spec.search = spec.search.model_copy(update={"storage": storage, "trials": target})
     return spec
+
+
+def interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT handler of a worker process: the first Ctrl-C interrupts it, later ones are ignored.
+
+    A terminal's Ctrl-C reaches the workers of ``--workers N`` and their parent, which passes it on
+    to the workers it started: a second KeyboardInterrupt while a worker records its trial as
+    interrupted would leave that trial failed without a reason. The worker exits once it has
+    recorded the trial (SIGTERM and SIGKILL still stop it at once).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def run_workers(spec: SearchSpec, workers: int, callbacks: Sequence[Callback] = (), poll: float = 1.0) -> StudyResults:
