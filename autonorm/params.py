@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 __all__ = [
     "Float",
     "Int",
@@ -38,6 +40,10 @@ class DomainError(ValueError):
 
 class Domain:
     """A set of values to sample one from."""
+
+    def distribution(self) -> optuna.distributions.BaseDistribution | None:
+        """The Optuna distribution it suggests from; None if it suggests nothing."""
+        return None
 
     def suggest(self, trial: Any, name: str) -> Any:
         raise NotImplementedError
@@ -66,6 +72,9 @@ class Fixed(Domain):
 class Categorical(Domain):
     choices: tuple
 
+    def distribution(self) -> optuna.distributions.BaseDistribution | None:
+        return optuna.distributions.CategoricalDistribution(self.choices) if len(self.choices) > 1 else None
+
     def suggest(self, trial: Any, name: str) -> Any:
         if len(self.choices) == 1:
             return self.choices[0]
@@ -89,6 +98,9 @@ class Ordered(Domain):
 
     choices: tuple  # ascending
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.IntDistribution(0, len(self.choices) - 1)
+
     def suggest(self, trial: Any, name: str) -> Any:
         return self.choices[trial.suggest_int(name, 0, len(self.choices) - 1)]
 
@@ -102,6 +114,9 @@ class FloatRange(Domain):
     high: float
     log: bool = False
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+
     def suggest(self, trial: Any, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
@@ -114,6 +129,9 @@ class IntRange(Domain):
     low: int
     high: int
     log: bool = False
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.IntDistribution(self.low, self.high, log=self.log)
 
     def suggest(self, trial: Any, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log)

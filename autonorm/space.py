@@ -10,6 +10,7 @@ from typing import Any
 
 from autonorm.config import ComponentChoice, TrialConfig
 from autonorm.errors import Incompatible
+from autonorm.params import Categorical, Domain
 from autonorm.spec import Candidate, SearchSpec
 
 
@@ -53,6 +54,19 @@ def sample_config(trial: Any, spec: SearchSpec, input_shape: tuple[int, ...], nu
         seed=spec.search.seed + trial.number,
         data_seed=spec.search.seed,
     )
+
+
+def searched_domains(spec: SearchSpec) -> dict[str, tuple[Domain, str]]:
+    """Every parameter a trial of ``spec`` may suggest, under :func:`sample_config`'s names: its
+    domain, and where the space file sets it."""
+    found: dict[str, tuple[Domain, str]] = {}
+    for kind, candidates in spec.space.items():
+        found[kind] = (Categorical(tuple(c.name for c in candidates)), f"space.{kind}")
+        for cand in candidates:
+            found |= {f"{kind}.{cand.name}.{k}": (d, f"space.{kind}.{cand.name}.{k}") for k, d in cand.params.items()}
+    found |= {f"model.{k}": (d, f"model.{k}") for k, d in spec.model.params.items()}
+    found |= {f"train.{k}": (d, f"train.{k}") for k, d in spec.train.items()}
+    return {name: (domain, path) for name, (domain, path) in found.items() if domain.distribution() is not None}
 
 
 def check_compatible(chosen: dict[str, Any]) -> None:

@@ -182,6 +182,30 @@ def test_resuming_with_other_objectives_is_an_error(tmp_path, cli):
     assert "optimizes ['val_accuracy'], not ['val_accuracy', 'params']" in err
 
 
+def test_resuming_with_a_parameter_searched_another_way_is_an_error_before_any_trial(tmp_path, cli):
+    """Optuna fails every trial that suggests a name from another kind of distribution, or from other
+    categorical choices, than the study's earlier trials; and an ordered list that changes length
+    would make earlier positions stand for other values: refused up front, naming the key."""
+    tiny = TINY_SPACE.replace("trials: 3", "trials: 1").replace("epochs: 2", "epochs: 1")
+    space = write(tmp_path / "tiny.yaml", tiny.replace("batch_size: 64", "batch_size: [16, 32, 64]"))
+    cli("search", str(space), "-q")
+    edits = [
+        ("lr: {loguniform: [0.01, 0.2]}", "lr: [0.01, 0.05, 0.2]", "train.lr", "different distribution kind"),
+        ("activation: [relu, elu]", "activation: [relu, elu, and_ail]", "space.activation", "dynamic value space"),
+        ("batch_size: [16, 32, 64]", "batch_size: [16, 32, 64, 128]", "train.batch_size", "changed its length"),
+    ]
+    for before, after, key, why in edits:
+        write(space, space.read_text().replace(before, after))
+        _, err = cli("search", str(space), "-q", code=2)
+        err = " ".join(err.split())  # as wrapped to the console's width
+        assert f"tiny.yaml: {key}: study 'tiny' searched" in err and why in err and "give the search a new name" in err
+        write(space, space.read_text().replace(after, before))
+    assert len(autonorm.load_study("tiny").trials) == 1
+    write(space, space.read_text().replace("lr: {loguniform: [0.01, 0.2]}", "lr: {loguniform: [0.02, 0.1]}"))
+    cli("search", str(space), "-q", "--trials", "2")  # a narrower range is fine: the study resumes
+    assert len(autonorm.load_study("tiny").trials) == 2
+
+
 # ---------------------------------------------------------------- report
 
 FIGURE = 'class="plotly-graph-div"'

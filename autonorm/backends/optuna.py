@@ -15,8 +15,10 @@ import optuna
 from autonorm.data import load_data
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective
+from autonorm.params import Ordered
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, results_of
+from autonorm.space import searched_domains
 from autonorm.spec import SearchSpec
 from autonorm.storage import mask_url, open_storage
 
@@ -77,7 +79,34 @@ def open_search_study(spec: SearchSpec) -> optuna.Study:
             f"study {spec.name!r} optimizes {stored}, not {spec.search.objectives}; give the search a new name",
             path="search.objective",
         )
+    check_distributions(study, spec)
     return study
+
+
+def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
+    """Refuse to resume a study whose trials suggested a parameter in a way this space cannot
+    continue: Optuna fails every new trial whose parameter has another kind of distribution, other
+    categorical choices or another log setting. An ordered list of numbers (searched by position)
+    must keep its length too, or earlier positions would stand for other values; a list of the
+    same length with a value changed is not detected."""
+    domains = searched_domains(spec)
+    for trial in study.get_trials(deepcopy=False):
+        for name, before in trial.distributions.items():
+            if name not in domains:
+                continue
+            domain, path = domains[name]
+            now = domain.distribution()
+            try:
+                optuna.distributions.check_distribution_compatibility(before, now)
+                if isinstance(domain, Ordered) and before != now:
+                    raise ValueError("an ordered list of numbers changed its length")
+            except ValueError as exc:
+                raise SpecError(
+                    f"study {spec.name!r} searched {name} as {before}, this space as {now} ({exc}); "
+                    "resume with the same choices, or give the search a new name",
+                    file=spec.source,
+                    path=path,
+                ) from None
 
 
 def stored_space(spec: SearchSpec) -> dict:
