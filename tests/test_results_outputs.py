@@ -184,15 +184,18 @@ def test_resuming_with_other_objectives_is_an_error(tmp_path, cli):
 
 def test_resuming_with_a_parameter_searched_another_way_is_an_error_before_any_trial(tmp_path, cli):
     """Optuna fails every trial that suggests a name from another kind of distribution, or from other
-    categorical choices, than the study's earlier trials; and an ordered list that changes length
-    would make earlier positions stand for other values: refused up front, naming the key."""
+    categorical choices, than the study's earlier trials; and where an ordered list changes (or a
+    parameter stops being one), earlier positions would stand for other values: refused up front,
+    naming the key."""
     tiny = TINY_SPACE.replace("trials: 3", "trials: 1").replace("epochs: 2", "epochs: 1")
     space = write(tmp_path / "tiny.yaml", tiny.replace("batch_size: 64", "batch_size: [16, 32, 64]"))
     cli("search", str(space), "-q")
     edits = [
         ("lr: {loguniform: [0.01, 0.2]}", "lr: [0.01, 0.05, 0.2]", "train.lr", "different distribution kind"),
         ("activation: [relu, elu]", "activation: [relu, elu, and_ail]", "space.activation", "dynamic value space"),
-        ("batch_size: [16, 32, 64]", "batch_size: [16, 32, 64, 128]", "train.batch_size", "changed its length"),
+        ("batch_size: [16, 32, 64]", "batch_size: [16, 32, 64, 128]", "train.batch_size", "now [16, 32, 64, 128]"),
+        ("batch_size: [16, 32, 64]", "batch_size: [16, 48, 64]", "train.batch_size", "now [16, 48, 64]"),
+        ("batch_size: [16, 32, 64]", "batch_size: {low: 16, high: 64}", "train.batch_size", "now None"),
     ]
     for before, after, key, why in edits:
         write(space, space.read_text().replace(before, after))

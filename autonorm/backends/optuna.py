@@ -70,6 +70,7 @@ def open_search_study(spec: SearchSpec) -> optuna.Study:
         study.set_user_attr("objective", spec.search.objectives[0])
         study.set_user_attr("objectives", spec.search.objectives)
         study.set_user_attr("space", stored_space(spec))
+        study.set_user_attr(ORDERED_ATTR, ordered_choices(spec))
         with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard labels the values with it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.search.objectives)
@@ -83,13 +84,22 @@ def open_search_study(spec: SearchSpec) -> optuna.Study:
     return study
 
 
+#: Study attribute: the values of each ordered choice, whose trials record positions in them.
+ORDERED_ATTR = "ordered_choices"
+
+
+def ordered_choices(spec: SearchSpec) -> dict[str, list]:
+    return {name: list(d.choices) for name, (d, _) in searched_domains(spec).items() if isinstance(d, Ordered)}
+
+
 def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
     """Refuse to resume a study whose trials suggested a parameter in a way this space cannot
     continue: Optuna fails every new trial whose parameter has another kind of distribution, other
-    categorical choices or another log setting. An ordered list of numbers (searched by position)
-    must keep its length too, or earlier positions would stand for other values; a list of the
-    same length with a value changed is not detected."""
+    categorical choices or another log setting; and where an ordered choice of numbers (searched
+    by position) changed its values, or a parameter became or stopped being one, earlier positions
+    would stand for other values."""
     domains = searched_domains(spec)
+    ordered_before, ordered_now = study.user_attrs.get(ORDERED_ATTR, {}), ordered_choices(spec)
     for trial in study.get_trials(deepcopy=False):
         for name, before in trial.distributions.items():
             if name not in domains:
@@ -98,8 +108,9 @@ def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
             now = domain.distribution()
             try:
                 optuna.distributions.check_distribution_compatibility(before, now)
-                if isinstance(domain, Ordered) and before != now:
-                    raise ValueError("an ordered list of numbers changed its length")
+                was, is_ = ordered_before.get(name), ordered_now.get(name)
+                if was != is_:
+                    raise ValueError(f"the ordered choice (searched by position) was {was}, now {is_}")
             except ValueError as exc:
                 raise SpecError(
                     f"study {spec.name!r} searched {name} as {before}, this space as {now} ({exc}); "
