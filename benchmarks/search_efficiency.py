@@ -15,6 +15,10 @@ Random search's mean is also known exactly (with K of N configurations good, it 
 the ratio against the exact figure is printed too.
 
     python benchmarks/search_efficiency.py [--seeds 100] [--tolerance 0.005] [--max-trials 200]
+
+Other settings of the model-based search, for comparison (autonorm's defaults otherwise):
+``--startup N`` TPE start-up trials, ``--gp`` Optuna's GPSampler instead of TPE, ``--first-rung E``
+and ``--reduction R`` for ASHA (first decision after E epochs, then every R times as many).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import optuna
 import torch
 
 from autonorm import build_model, get_registry, load_spec
-from autonorm.backends.optuna import make_pruner, make_sampler
+from autonorm.backends.optuna import first_rung, make_pruner, make_sampler
 from autonorm.build import build_training_methods
 from autonorm.data import load_data
 from autonorm.objective import earlier_trial
@@ -79,8 +83,11 @@ def exhaustive_table(spec, data) -> dict[str, list[float]]:
     return table
 
 
-def epochs_to_target(spec, data, table, target: float, max_trials: int) -> tuple[int, bool]:
-    """Run one search against the table; epochs spent until a completed trial reaches ``target``."""
+def epochs_to_target(
+    spec, data, table, target: float, max_trials: int, sampler=None, pruner=None
+) -> tuple[int, bool]:
+    """Run one search against the table (with the spec's sampler and pruner unless given); epochs
+    spent until a completed trial reaches ``target``."""
     spent = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -103,10 +110,27 @@ def epochs_to_target(spec, data, table, target: float, max_trials: int) -> tuple
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value >= target:
             study.stop()
 
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec), pruner=make_pruner(spec))
+    sampler, pruner = sampler or make_sampler(spec), pruner or make_pruner(spec)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     study.optimize(objective, n_trials=max_trials, callbacks=[stop_at_target])
     reached = any(t.value >= target for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     return spent, reached
+
+
+def other_settings(args: argparse.Namespace, spec) -> tuple:
+    """The sampler and pruner the command line asks for instead of autonorm's (None: autonorm's)."""
+    seed, startup = spec.search.seed, args.startup
+    sampler = None
+    if args.gp:
+        sampler = optuna.samplers.GPSampler(seed=seed, **({"n_startup_trials": startup} if startup else {}))
+    elif startup is not None:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    pruner = None
+    if args.first_rung or args.reduction:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=args.first_rung or first_rung(spec), reduction_factor=args.reduction or 3
+        )
+    return sampler, pruner
 
 
 def main() -> None:
@@ -114,6 +138,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--tolerance", type=float, default=0.005, help="accuracy below the optimum that counts")
     parser.add_argument("--max-trials", type=int, default=200, help="a search that has not reached it stops here")
+    parser.add_argument("--startup", type=int, help="TPE start-up trials (default: autonorm's)")
+    parser.add_argument("--gp", action="store_true", help="Optuna's GPSampler instead of TPE")
+    parser.add_argument("--first-rung", type=int, help="ASHA's first decision after this many epochs")
+    parser.add_argument("--reduction", type=int, help="ASHA's reduction factor (default 3)")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -126,10 +154,11 @@ def main() -> None:
     print(f"optimum {best:.4f}; {near} of {len(table)} configurations within {100 * args.tolerance:.1f} points")
 
     runs = {}
+    model_based = ("GP" if args.gp else "TPE") + " + ASHA"
     variants = (
         ("random, full budget", "random", "none", False),
         ("random, retraining repeats", "random", "none", True),
-        ("TPE + ASHA", "tpe", "asha", False),
+        (model_based, "tpe", "asha", False),
     )
     for name, sampler, pruner, retrain in variants:
         spent, misses = [], 0
@@ -137,7 +166,8 @@ def main() -> None:
             settings = {**SPACE["search"], "sampler": sampler, "pruner": pruner, "seed": seed}
             settings["retrain_repeats"] = retrain
             seeded = load_spec({**SPACE, "search": settings}, get_registry())
-            epochs, reached = epochs_to_target(seeded, data, table, target, args.max_trials)
+            other = other_settings(args, seeded) if sampler == "tpe" else (None, None)
+            epochs, reached = epochs_to_target(seeded, data, table, target, args.max_trials, *other)
             spent.append(epochs)
             misses += not reached
         runs[name] = statistics.mean(spent)
@@ -146,11 +176,11 @@ def main() -> None:
             f"over {args.seeds} seeds ({misses} did not reach it in {args.max_trials} trials)"
         )
     expected = SPACE["train"]["epochs"] * (len(table) + 1) / (near + 1)
-    ratio = runs["TPE + ASHA"] / runs["random, full budget"]
-    print(f"ratio TPE + ASHA / random: {ratio:.2f} (target <= 0.3)")
-    print(f"ratio TPE + ASHA / random's exact mean ({expected:.1f} epochs): {runs['TPE + ASHA'] / expected:.2f}")
-    retrained = runs["TPE + ASHA"] / runs["random, retraining repeats"]
-    print(f"ratio TPE + ASHA / random retraining repeats: {retrained:.2f}")
+    ratio = runs[model_based] / runs["random, full budget"]
+    print(f"ratio {model_based} / random: {ratio:.2f} (target <= 0.3)")
+    print(f"ratio {model_based} / random's exact mean ({expected:.1f} epochs): {runs[model_based] / expected:.2f}")
+    retrained = runs[model_based] / runs["random, retraining repeats"]
+    print(f"ratio {model_based} / random retraining repeats: {retrained:.2f}")
 
 
 if __name__ == "__main__":
