@@ -6,8 +6,9 @@ setting is then retrained with several seeds and scored on the held-out test spl
 stored on the pair's study, so an interrupted comparison resumes without repeating finished seeds;
 each pair's study is tagged with the user attributes ``comparison``, ``kind``, ``task`` and ``candidate``.
 A task's ``data`` is a search space's data section, paths included (an npz ``path``, a torchvision
-``root``): like a space's, they are read relative to the current directory. With ``search.backend: ray``
-the tuning trials run on Ray Tune (one Ray for the whole comparison) and the seed retraining in the driver.
+``root``): relative ones are read from the protocol file's folder, as a space's from its own. With
+``search.backend: ray`` the tuning trials run on Ray Tune (one Ray for the whole comparison) and the
+seed retraining in the driver.
 
 Statistics (per Demšar 2006, "Statistical Comparisons of Classifiers over Multiple Data Sets"):
 mean test accuracy with a 95% Student-t confidence interval over seeds; each candidate's average

@@ -4,9 +4,9 @@ Every outcome is recorded on the trial: metrics and the configuration as user at
 reason (and traceback for unexpected errors) as ``fail_reason``/``traceback``. Failures return NaN,
 which Optuna records as a failed trial, and the search goes on; a trial that diverged, or whose
 components rule each other out, is recorded as pruned with its reason, so that the sampler learns
-from it (see :class:`Rejected`). A configuration
-the sampler proposes again is not trained again (unless ``search.retrain_repeats``): the trial takes the earlier trial's
-outcome and records ``repeat_of``, so a search spends no epochs on what it has already measured.
+from it (see :class:`Rejected`). A configuration the sampler proposes again is not trained again
+(unless ``search.retrain_repeats``): the trial takes the earlier trial's outcome and records
+``repeat_of``, so a search spends no epochs on what it has already measured.
 """
 
 from __future__ import annotations
@@ -53,13 +53,12 @@ def make_objective(
 
         try:
             config = sample_config(trial, spec, data.input_shape, data.num_classes)
-            earlier = None if spec.search.retrain_repeats else earlier_trial(trial)
+            earlier = earlier_trial(trial, spec)
             if earlier is not None:
                 return _repeat(trial, earlier, finish)
-            trial.set_user_attr("config", config.model_dump(mode="json"))
-            hook.autonorm_trial_started(
-                study_name=spec.name, number=trial.number, config=config.model_dump(mode="json")
-            )
+            dumped = config.model_dump(mode="json")
+            trial.set_user_attr("config", dumped)
+            hook.autonorm_trial_started(study_name=spec.name, number=trial.number, config=dumped)
             torch.manual_seed(config.seed)
             n = int(config.train["batch_size"])
             model = build_model(config, data.x_train[:n], registry, sample_labels=data.y_train[:n])
@@ -81,14 +80,12 @@ def make_objective(
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
-        except Rejected as exc:
-            if prunable:  # Optuna prunes single-objective studies only
-                trial.set_user_attr("fail_reason", str(exc))
-                finish("pruned", {"reason": str(exc)})
-                raise optuna.TrialPruned(str(exc)) from None
-            reason = str(exc)
         except TrialFailed as exc:
             reason = str(exc)
+            if isinstance(exc, Rejected) and prunable:  # Optuna prunes single-objective studies only
+                trial.set_user_attr("fail_reason", reason)
+                finish("pruned", {"reason": reason})
+                raise optuna.TrialPruned(reason) from None
         except Exception as exc:  # noqa: BLE001 - a plugin's bug fails its trial, not the search
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("traceback", traceback.format_exc())
@@ -99,13 +96,14 @@ def make_objective(
     return objective
 
 
-def earlier_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
-    """A finished trial of the same study that chose exactly the same parameters, if any.
+def earlier_trial(trial: optuna.Trial, spec: SearchSpec) -> optuna.trial.FrozenTrial | None:
+    """A finished trial of the same study that chose exactly the same parameters, whose outcome
+    ``trial`` reuses; None if there is none or ``search.retrain_repeats`` asks to train it again.
 
     A trial replayed away from its study (a Ray actor's ``FixedTrial``) has none to look in.
     """
     study = getattr(trial, "study", None)
-    if study is None:
+    if study is None or spec.search.retrain_repeats:
         return None
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for earlier in study.get_trials(deepcopy=False, states=states):

@@ -250,9 +250,8 @@ class FilePath(Str):
 
     type_name = "path"
 
-    def resolve(self, value: str, folder: Path | None) -> str:
-        path = Path(value).expanduser()
-        return str(folder / path if folder is not None and not path.is_absolute() else path)
+    def resolve(self, value: str, folder: Path) -> str:
+        return str(folder / Path(value).expanduser())  # an absolute path stays as it is
 
 
 Param = Float | Int | Choice | Str

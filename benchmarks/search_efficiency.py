@@ -94,7 +94,7 @@ def epochs_to_target(
         nonlocal spent
         curve = table[key(sample_config(trial, spec, data.input_shape, data.num_classes))]
         # as the search does: a repeated configuration is not trained again, unless retrain_repeats
-        earlier = None if spec.search.retrain_repeats else earlier_trial(trial)
+        earlier = earlier_trial(trial, spec)
         if earlier is not None:
             if earlier.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned()

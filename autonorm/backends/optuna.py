@@ -99,25 +99,25 @@ def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
     by position) changed its values, or a parameter became or stopped being one, earlier positions
     would stand for other values."""
     domains = searched_domains(spec)
-    ordered_before, ordered_now = study.user_attrs.get(ORDERED_ATTR, {}), ordered_choices(spec)
-    for trial in study.get_trials(deepcopy=False):
-        for name, before in trial.distributions.items():
-            if name not in domains:
-                continue
-            domain, path = domains[name]
-            now = domain.distribution()
-            try:
-                optuna.distributions.check_distribution_compatibility(before, now)
-                was, is_ = ordered_before.get(name), ordered_now.get(name)
-                if was != is_:
-                    raise ValueError(f"the ordered choice (searched by position) was {was}, now {is_}")
-            except ValueError as exc:
-                raise SpecError(
-                    f"study {spec.name!r} searched {name} as {before}, this space as {now} ({exc}); "
-                    "resume with the same choices, or give the search a new name",
-                    file=spec.source,
-                    path=path,
-                ) from None
+    ordered_before = study.user_attrs.get(ORDERED_ATTR, {})
+    used = dict.fromkeys((n, d) for t in study.get_trials(deepcopy=False) for n, d in t.distributions.items())
+    for name, before in used:
+        if name not in domains:
+            continue
+        domain, path = domains[name]
+        now = domain.distribution()
+        try:
+            optuna.distributions.check_distribution_compatibility(before, now)
+            was, is_ = ordered_before.get(name), list(domain.choices) if isinstance(domain, Ordered) else None
+            if was != is_:
+                raise ValueError(f"the ordered choice (searched by position) was {was}, now {is_}")
+        except ValueError as exc:
+            raise SpecError(
+                f"study {spec.name!r} searched {name} as {before}, this space as {now} ({exc}); "
+                "resume with the same choices, or give the search a new name",
+                file=spec.source,
+                path=path,
+            ) from None
 
 
 def stored_space(spec: SearchSpec) -> dict:

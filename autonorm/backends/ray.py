@@ -60,7 +60,7 @@ from autonorm.spec import SearchSpec
 NUMBER, EPOCH, FINAL, ATTRS = "autonorm_trial", "epoch", "autonorm_final", "autonorm_attrs"
 #: In a trial's config: the earlier trial whose outcome it reuses (the same configuration), and its value.
 REPEAT, REPEAT_VALUE = "autonorm_repeat_of", "autonorm_repeat_value"
-#: Set by the Ray trial on a rejected configuration (it diverged, or is incompatible): recorded as pruned.
+#: In a trial's final report: it was rejected (it diverged, or is incompatible), to record as pruned.
 PRUNED = "autonorm_pruned"
 
 #: Recorded on a trial whose Ray actor raised (so its own objective could not record a reason).
@@ -211,6 +211,7 @@ def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: 
     params = {k: v for k, v in config.items() if k not in (NUMBER, REPEAT, REPEAT_VALUE)}
     trial = _ReplayedTrial(params, config[NUMBER], spec.search.objective, spec.epochs)
     trial.set_user_attr("ray_node", ray.get_runtime_context().get_node_id())
+    pruned = False
     if REPEAT in config:  # the driver found this configuration already trained: nothing to train
         trial.set_user_attr("repeat_of", config[REPEAT])
         value = config[REPEAT_VALUE]
@@ -218,11 +219,11 @@ def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: 
         try:
             value = make_objective(spec, data, registry)(trial)
         except optuna.TrialPruned:  # rejected (diverged, incompatible): the driver records it as pruned
-            trial.set_user_attr(PRUNED, True)
-            value = float("nan")
+            value, pruned = float("nan"), True
     # as JSON text: Ray Tune flattens nested dictionaries in results
     attrs = json.dumps(trial.user_attrs)
-    tune.report({spec.search.objective: value, EPOCH: spec.epochs, FINAL: True, ATTRS: attrs})
+    report = {spec.search.objective: value, EPOCH: spec.epochs, FINAL: True, ATTRS: attrs, PRUNED: pruned}
+    tune.report(report)
 
 
 class StudySearch(OptunaSearch):
@@ -237,7 +238,7 @@ class StudySearch(OptunaSearch):
                 trial.set_user_attr("config", config.model_dump(mode="json"))
             except TrialFailed:  # the Ray trial replays the same choices and records the reason
                 return {NUMBER: trial.number}
-            earlier = None if spec.search.retrain_repeats else earlier_trial(trial)
+            earlier = earlier_trial(trial, spec)
             if earlier is None:
                 return {NUMBER: trial.number}
             value = earlier.value if earlier.state == TrialState.COMPLETE else float("nan")
@@ -270,10 +271,9 @@ class StudySearch(OptunaSearch):
                 trial.set_user_attr("ray_node", attrs["ray_node"])
                 self._finish(trial_id, earlier.state, earlier.value if earlier.state == TrialState.COMPLETE else None)
                 return
-            pruned = attrs.pop(PRUNED, False)
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
-            if pruned:
+            if result.get(PRUNED):
                 self._finish(trial_id, TrialState.PRUNED)
                 return
             value = result[self.metric]
