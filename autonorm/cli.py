@@ -76,13 +76,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
     else:
         with display.SearchProgress(spec, already, console) as progress:
             results = search(spec, registry=registry, callbacks=[progress.callback])
-    console.print(display.summary(results))
-    console.print(display.leaderboard_table(results, args.top))
-    failed = display.failed_table(results)
-    if failed is not None:
-        console.print(failed)
-    if results.multi_objective:
-        console.print(display.pareto_table(results))
+    _print_results(results, args.top, console)
     console.print(display.best_panel(results.best, results.objective))
     return 0
 
@@ -145,14 +139,19 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
         _print_comparison(load_comparison(args.study), console)
         return 0
     results = _load(args)
+    _print_results(results, args.top, console)
+    return 0
+
+
+def _print_results(results: StudyResults, top: int, console: Console) -> None:
+    """Summary, leaderboard, failed trials and (multi-objective) Pareto front: what search and results print."""
     console.print(display.summary(results))
-    console.print(display.leaderboard_table(results, args.top))
+    console.print(display.leaderboard_table(results, top))
     failed = display.failed_table(results)
     if failed is not None:
         console.print(failed)
     if results.multi_objective:
         console.print(display.pareto_table(results))
-    return 0
 
 
 def _chosen_trial(args: argparse.Namespace, results: StudyResults) -> TrialRecord:

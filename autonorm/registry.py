@@ -143,9 +143,15 @@ class Registry:
 
     # -- filling
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
-        for ep in entry_points(group=group):
+        """Register every plugin of the entry-point group: autonorm's own first, so that a third-party
+        plugin reusing a built-in name is the one reported as failing, whatever the install order."""
+        for ep in sorted(entry_points(group=group), key=_load_order):
             package = _package_of(ep)
-            if self.plugin_manager.get_plugin(ep.name) is not None:
+            taken = self.plugin_manager.get_plugin(ep.name)
+            if taken is not None:
+                if getattr(taken, "__name__", None) != ep.module:  # the same module found twice is no clash
+                    used = f"{ep.name!r} is already the name of plugin module {getattr(taken, '__name__', taken)!r}"
+                    self.failures.append(PluginFailure(ep.name, package, f"entry point {used}; left out"))
                 continue
             try:
                 plugin = ep.load()
@@ -155,17 +161,22 @@ class Registry:
             self.register(plugin, ep.name, package)
 
     def register(self, plugin: Any, name: str | None = None, package: str = "") -> None:
-        """Register a plugin object (usually a module) and collect its components."""
+        """Register a plugin object (usually a module) and collect its components; each one that cannot
+        be added (not a Component, a name already taken) is a failure of this plugin, the others stay."""
         name = self.plugin_manager.register(plugin, name=name)
         for impl in self.plugin_manager.hook.autonorm_components.get_hookimpls():
             if impl.plugin is not plugin:
                 continue
             try:
                 components = list(impl.function())
-                for comp in components:
-                    self._add(comp, name, package)
             except Exception as exc:  # noqa: BLE001
                 self.failures.append(PluginFailure(name, package, f"{type(exc).__name__}: {exc}"))
+                continue
+            for comp in components:
+                try:
+                    self._add(comp, name, package)
+                except (TypeError, ValueError) as exc:
+                    self.failures.append(PluginFailure(name, package, f"{type(exc).__name__}: {exc}"))
 
     def _add(self, comp: Component, plugin: str, package: str) -> None:
         if not isinstance(comp, Component):
@@ -173,7 +184,8 @@ class Registry:
         key = (comp.kind, comp.name)
         if key in self._components:
             other = self._components[key]
-            raise ValueError(f"{comp.kind} {comp.name!r} is already registered by plugin {other.plugin!r}")
+            owner = f"plugin {other.plugin!r}" + (f" ({other.package})" if other.package else "")
+            raise ValueError(f"{comp.kind} {comp.name!r} is already registered by {owner}; this one is left out")
         name, _, version = package.partition(" ")
         self._components[key] = replace(comp, plugin=plugin, package=name, version=version)
 
@@ -207,6 +219,12 @@ def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {kind} {name!r}{hint} (known: {', '.join(known) or 'none installed'})"
+
+
+def _load_order(ep: Any) -> tuple[bool, str, str]:
+    """autonorm's own entry points first, then the others by package and name."""
+    package = _package_of(ep)
+    return (not package.startswith(f"{ENTRY_POINT_GROUP} "), package, ep.name)
 
 
 def _package_of(ep: Any) -> str:

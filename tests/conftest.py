@@ -15,11 +15,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 AUTONORM = str(Path(sys.executable).parent / "autonorm")
 
 
-@pytest.fixture(scope="session")
-def plugin_site(tmp_path_factory) -> Path:
-    """The fixture plugin packages, installed by pip into a directory of their own."""
-    target = tmp_path_factory.mktemp("site")
-    for package in ("example_plugin", "broken_plugin"):
+def pip_install(target: Path, *packages: str) -> Path:
+    """Install fixture plugin packages with pip into ``target``, a directory of their own."""
+    for package in packages:
         subprocess.run(
             [
                 sys.executable,
@@ -37,6 +35,12 @@ def plugin_site(tmp_path_factory) -> Path:
             check=True,
         )
     return target
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example and the broken fixture plugin packages, installed."""
+    return pip_install(tmp_path_factory.mktemp("site"), "example_plugin", "broken_plugin")
 
 
 @pytest.fixture

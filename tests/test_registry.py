@@ -5,7 +5,7 @@ import pytest
 import autonorm
 from autonorm import Component, Registry
 from tests import testing_plugin
-from tests.conftest import run_cli, write
+from tests.conftest import pip_install, run_cli, write
 
 
 def test_builtins_come_through_the_entry_point_group():
@@ -63,6 +63,31 @@ def test_duplicate_names_are_refused():
 
     registry.register(Again(), "again")
     assert "already registered by plugin 'first'" in registry.failures[0].error
+
+
+def test_a_plugin_reusing_built_in_names_is_the_one_reported(tmp_path, monkeypatch):
+    """Whatever the install order, the built-ins keep their names; each clash is the newcomer's failure,
+    and its other components still load."""
+    monkeypatch.syspath_prepend(str(pip_install(tmp_path / "site", "clashing_plugin")))
+    try:
+        registry = autonorm.get_registry(refresh=True)
+        bn = registry.get("normalization", "batchnorm")
+        assert (bn.plugin, bn.package) == ("baseline_norms", "autonorm") and bn.batch_dependent
+        assert {"groupnorm", "layernorm", "after_the_clash"} <= set(registry.names("normalization"))
+        assert registry.get("dataset", "npz").plugin == "npz"
+        assert "behind_a_taken_name" not in registry.names("normalization")
+        failures = {f.plugin: f.error for f in registry.failures}
+        assert failures["reuses_names"] == (
+            "ValueError: normalization 'batchnorm' is already registered by plugin 'baseline_norms' (autonorm); "
+            "this one is left out"
+        )
+        assert failures["npz"] == (
+            "entry point 'npz' is already the name of plugin module 'autonorm_plugins.npz'; left out"
+        )
+        assert {f.package for f in registry.failures} == {"autonorm-clashing-plugin 0.0.1"}
+    finally:
+        monkeypatch.undo()
+        autonorm.get_registry(refresh=True)
 
 
 def test_unknown_kind_is_refused():
