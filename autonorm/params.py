@@ -154,6 +154,9 @@ class Float:
 
     type_name = "number"
 
+    def __post_init__(self) -> None:
+        _check_declaration(self, self.check)
+
     def check(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise DomainError(f"expected a finite number, got {value!r}")
@@ -180,6 +183,9 @@ class Int:
 
     type_name = "integer"
 
+    def __post_init__(self) -> None:
+        _check_declaration(self, self.check)
+
     def check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise DomainError(f"expected an integer, got {value!r}")
@@ -204,6 +210,13 @@ class Choice:
 
     type_name = "choice"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.choices, (str, bytes)) or not isinstance(self.choices, (tuple, list)) or not self.choices:
+            raise ValueError(f"{self!r}: choices must be a non-empty tuple of values")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if self.default not in self.choices:
+            raise ValueError(f"{self!r}: default {self.default!r} is not one of the choices")
+
     def check(self, value: Any) -> Any:
         if value not in self.choices:
             raise DomainError(f"expected one of {list(self.choices)}, got {value!r}")
@@ -226,6 +239,10 @@ class Str:
     default: str
 
     type_name = "text"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.default, str):
+            raise ValueError(f"{self!r}: the default must be text")
 
     def check(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -255,6 +272,22 @@ class FilePath(Str):
 
 
 Param = Float | Int | Choice | Str
+
+
+def _check_declaration(param: Float | Int, check: Any) -> None:
+    """A plugin's range declaration is refused when it is made, naming itself: a bad one would
+    otherwise fail deep inside Optuna, or fail every trial, long after the plugin loaded."""
+    try:
+        for value in (param.default, param.low, param.high):
+            check(value)
+    except DomainError as exc:
+        raise ValueError(f"{param!r}: {exc}") from None
+    if not param.low < param.high:
+        raise ValueError(f"{param!r}: low {param.low} must be below high {param.high}")
+    if param.log and param.low <= 0:
+        raise ValueError(f"{param!r}: a log range needs low > 0")
+    if not param.low <= param.default <= param.high:
+        raise ValueError(f"{param!r}: default {param.default} is outside [{param.low}, {param.high}]")
 
 _RANGE_FORMS = {"uniform": False, "loguniform": True, "range": False, "logrange": True}
 

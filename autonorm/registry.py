@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from autonorm import hookspecs
-from autonorm.params import Param
+from autonorm.params import Choice, Float, Int, Param, Str
 
 ENTRY_POINT_GROUP = "autonorm"
 
@@ -92,6 +92,7 @@ class Component:
         if self.kind not in KINDS:
             raise ValueError(f"component {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
         object.__setattr__(self, "dtypes", tuple(self.dtypes))
+        self._check_params()
         unknown = [d for d in self.dtypes if d not in DTYPES]
         if unknown or "float32" not in self.dtypes:
             raise ValueError(
@@ -103,6 +104,29 @@ class Component:
             object.__setattr__(self, "training_method", self.factory)
         if self.own_activation is not None and "activation" not in self.excludes:
             object.__setattr__(self, "excludes", (*self.excludes, "activation"))
+
+    def _check_params(self) -> None:
+        """Each declared hyperparameter is a Float/Int/Choice/Str that the factory accepts as a keyword."""
+        for pname, param in self.params.items():
+            if not isinstance(param, (Float, Int, Choice, Str)):
+                raise ValueError(
+                    f"component {self.name!r}: hyperparameter {pname!r} is declared as {param!r}; "
+                    "expected autonorm.Float, Int, Choice, Str or FilePath"
+                )
+        factory = self.training_method if self.kind in METHOD_KINDS and self.training_method else self.factory
+        try:
+            accepted = inspect.signature(factory).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in accepted):
+            return
+        names = {p.name for p in accepted if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        missing = [pname for pname in self.params if pname not in names]
+        if missing:
+            raise ValueError(
+                f"component {self.name!r}: its factory {getattr(factory, '__name__', factory)!r} takes no "
+                f"keyword argument {', '.join(map(repr, missing))}, which it declares as hyperparameters"
+            )
 
     @property
     def summary(self) -> str:

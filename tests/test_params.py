@@ -11,6 +11,7 @@ from autonorm.params import (
     Int,
     IntRange,
     Ordered,
+    Str,
     parse_domain,
 )
 
@@ -82,3 +83,22 @@ def test_tpe_learns_from_the_neighbours_of_an_ordered_choice():
         return sum(t.value >= 7 for t in study.trials[5:]) / 25
 
     assert top_share(Ordered(tuple(values))) > top_share(Categorical(tuple(values))) + 0.1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Float(5.0, 1e-8, 1e-3), r"default 5.0 is outside \[1e-08, 0.001\]"),
+        (lambda: Float(1e-5, 0.0, 1e-3, log=True), "a log range needs low > 0"),
+        (lambda: Float(0.1, 1.0, 0.01), "low 1.0 must be below high 0.01"),
+        (lambda: Float(float("nan"), 0.0, 1.0), "expected a finite number, got nan"),
+        (lambda: Int(2.5, 1, 8), "expected an integer, got 2.5"),
+        (lambda: Int(4, 8, 8), "low 8 must be below high 8"),
+        (lambda: Choice(3, (2, 4, 8)), "default 3 is not one of the choices"),
+        (lambda: Choice("a", "abc"), "choices must be a non-empty tuple"),
+        (lambda: Str(3), "the default must be text"),
+    ],
+)
+def test_a_bad_declaration_is_refused_when_made(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

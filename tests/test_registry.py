@@ -3,7 +3,7 @@
 import pytest
 
 import autonorm
-from autonorm import Component, Registry
+from autonorm import Component, Float, Registry
 from tests import testing_plugin
 from tests.conftest import pip_install, run_cli, write
 
@@ -88,6 +88,36 @@ def test_a_plugin_reusing_built_in_names_is_the_one_reported(tmp_path, monkeypat
     finally:
         monkeypatch.undo()
         autonorm.get_registry(refresh=True)
+
+
+def gn_without_eps(num_channels):
+    """A normalization whose factory has no eps."""
+
+
+@pytest.mark.parametrize(
+    ("factory", "params", "message"),
+    [
+        (gn_without_eps, {"eps": Float(1e-5, 0, 1)}, "its factory 'gn_without_eps' takes no keyword argument 'eps'"),
+        (lambda c, eps=1e-5: None, {"eps": 1e-5}, "hyperparameter 'eps' is declared as 1e-05; expected autonorm.Float"),
+    ],
+)
+def test_a_component_declaring_what_its_factory_cannot_take_is_refused(factory, params, message):
+    with pytest.raises(ValueError, match=message):
+        Component(kind="normalization", name="bad", factory=factory, params=params)
+    Component(kind="normalization", name="fine", factory=lambda c, **kw: None, params={"eps": Float(0, 0, 1)})
+
+
+def test_a_bad_declaration_is_its_plugins_failure():
+    class Declares:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            return [Component(kind="normalization", name="bad", factory=gn_without_eps, params={"eps": Float(0, 0, 1)})]
+
+    registry = Registry()
+    registry.register(Declares(), "declares", "declares-pkg 1.0")
+    (failure,) = registry.failures
+    assert (failure.plugin, failure.package) == ("declares", "declares-pkg 1.0")
+    assert failure.error.startswith("ValueError: component 'bad': its factory 'gn_without_eps' takes no keyword")
 
 
 def test_unknown_kind_is_refused():
