@@ -8,6 +8,7 @@ import torch
 
 import autonorm
 from autonorm import display, load_spec
+from autonorm.backends.optuna import open_search_study, session_seed
 from tests.conftest import TINY_SPACE, write
 from tests.helpers import registry_with_test_components
 
@@ -46,6 +47,30 @@ def test_rerun_resumes_and_adds_only_missing_trials(tmp_path):
     assert [t.params for t in second.trials[:2]] == [t.params for t in first.trials]
     again = autonorm.search(path, trials=5)
     assert len(again.trials) == 5
+
+
+def test_a_resumed_search_does_not_propose_its_first_sessions_configurations_again(tmp_path):
+    """Each session seeds its sampler anew from the search's seed and the trials held: seeded with
+    the search's seed alone, a random sampler (or TPE's start-up) proposed the same lr again."""
+    path = write(tmp_path / "tiny.yaml", TINY_SPACE.replace("epochs: 2", "epochs: 1") + "  sampler: random\n")
+    autonorm.search(path, trials=2)
+    resumed = autonorm.search(path, trials=4)
+    lrs = [t.params["train.lr"] for t in resumed.trials]
+    assert len(set(lrs)) == 4 and all(t.repeat_of is None for t in resumed.trials)
+    path.with_suffix(".db").unlink()
+    fresh = autonorm.search(path, trials=2)  # a new study is still reproducible from the seed
+    assert [t.params["train.lr"] for t in fresh.trials] == lrs[:2]
+
+
+def test_workers_sharing_a_study_seed_their_samplers_apart(tmp_path, monkeypatch):
+    spec = load_spec(write(tmp_path / "tiny.yaml", TINY_SPACE))
+    study = open_search_study(spec)
+    assert session_seed(spec, study) == spec.search.seed
+    seeds = set()
+    for pid in (100, 101):
+        monkeypatch.setattr("os.getpid", lambda pid=pid: pid)
+        seeds.add(session_seed(spec, study, worker=True))
+    assert len(seeds) == 2 and spec.search.seed not in seeds
 
 
 def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(tmp_path):

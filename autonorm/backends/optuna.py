@@ -7,9 +7,11 @@ was interrupted (Ctrl-C, or a worker that stopped sending heartbeats) is not cou
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import optuna
 
 from autonorm.data import load_data
@@ -25,8 +27,9 @@ from autonorm.storage import mask_url, open_storage
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
-def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    seed = spec.search.seed
+def make_sampler(spec: SearchSpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with ``seed`` (default: ``search.seed``)."""
+    seed = spec.search.seed if seed is None else seed
     if spec.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.search.sampler == "nsga2":
@@ -56,16 +59,29 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     }[spec.search.pruner]()
 
 
-def open_search_study(spec: SearchSpec) -> optuna.Study:
-    """Create the spec's study, or load it to resume."""
+def session_seed(spec: SearchSpec, study: optuna.Study, worker: bool = False) -> int:
+    """The seed of this session's sampler: ``search.seed`` for a new study, so a search is reproducible;
+    when resuming, one drawn from the seed and the trials already held, so that the session does not
+    propose again the configurations of the first (a random sampler, or TPE's start-up trials, would
+    repeat them exactly); and a worker mixes in its process id, so that workers sharing a study do not
+    propose the same configurations at the same time."""
+    held = len(study.get_trials(deepcopy=False))
+    if not held and not worker:
+        return spec.search.seed
+    entropy = [spec.search.seed, held, os.getpid() if worker else 0]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
+    """Create the spec's study, or load it to resume; its sampler is seeded by :func:`session_seed`."""
     study = optuna.create_study(
         study_name=spec.name,
         storage=open_storage(spec.storage),
-        sampler=make_sampler(spec),
         pruner=make_pruner(spec),
         directions=spec.search.directions,
         load_if_exists=True,
     )
+    study.sampler = make_sampler(spec, session_seed(spec, study, worker))
     if "objective" not in study.user_attrs:
         study.set_user_attr("objective", spec.search.objectives[0])
         study.set_user_attr("objectives", spec.search.objectives)

@@ -45,7 +45,6 @@ from autonorm.backends.optuna import (
     Callback,
     done_count,
     first_rung,
-    make_sampler,
     open_search_study,
 )
 from autonorm.data import Data, load_data
@@ -248,7 +247,7 @@ class StudySearch(OptunaSearch):
             space=space,
             metric=spec.search.objective,
             mode="max" if spec.search.direction == "maximize" else "min",
-            sampler=make_sampler(spec),
+            sampler=study.sampler,  # seeded for this session by open_search_study
             study_name=study.study_name,
             storage=study._storage,
         )

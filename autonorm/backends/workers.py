@@ -62,7 +62,7 @@ def run_worker(
 ) -> StudyResults:
     """Run trials of the spec's study until it holds ``spec.search.trials`` finished ones, with other workers."""
     data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
-    study = open_search_study(spec)
+    study = open_search_study(spec, worker=True)
     objective = make_objective(spec, data, registry)
     target = spec.search.trials
     heartbeats = has_heartbeats(spec.storage)
