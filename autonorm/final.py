@@ -27,7 +27,7 @@ from autonorm.build import build_model, build_training_methods
 from autonorm.config import TrialConfig
 from autonorm.data import Data, load_data
 from autonorm.errors import SpecError
-from autonorm.registry import Registry, get_registry
+from autonorm.registry import METHOD_KINDS, Registry, get_registry
 from autonorm.trainer import fit
 
 WEIGHTS_FILE = "model.pt"
@@ -93,6 +93,7 @@ def train(
     torch.save(state, out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(config.to_yaml())
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    _check_reload(final, load_trained(out, registry), data.x_test[:64], config)
     return TrainedModel(final, config, metrics, out)
 
 
@@ -140,6 +141,20 @@ def _read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
             file=str(path),
         )
     return state
+
+
+def _check_reload(final: nn.Module, reloaded: nn.Module, x: torch.Tensor, config: TrialConfig) -> None:
+    """The saved files must rebuild the model that was scored: a training method that changes the
+    model beyond its weights (a test-time scale held outside them) would make them describe another."""
+    with torch.no_grad():
+        differ = not torch.equal(final(x), reloaded(x))
+    if differ:
+        methods = ", ".join(c.name for kind, c in config.components.items() if kind in METHOD_KINDS)
+        raise SpecError(
+            "the saved weights do not rebuild the scored model: build_model(config) + model.pt give other outputs; "
+            f"a training method ({methods}) changes the model beyond its weights",
+            path="components.training",
+        )
 
 
 def _some(keys: list[str], shown: int = 3) -> str:

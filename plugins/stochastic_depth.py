@@ -4,9 +4,15 @@ arXiv:1603.09382 (official Torch code: ``yueatsprograms/Stochastic_Depth``).
 In training, residual block l of L keeps its branch with probability p_l, drawn once per mini-batch
 and block (all samples share the gate); a dropped branch is not computed at all (no forward, no
 update of its batch statistics, no gradient), so the block is H_l = act(shortcut(H_{l-1})). Survival
-follows the paper's linear decay rule p_l = 1 - (l / L)(1 - p_L), with the paper's p_L = 0.5. At test
-time the network is deterministic with every branch scaled by its p_l (the paper's form; libraries
-such as torchvision use the inverted form, which divides by p_l in training instead).
+follows the paper's linear decay rule p_l = 1 - (l / L)(1 - p_L), with the paper's p_L = 0.5.
+
+Open choice, decided: the inverted form. The paper (and its official code) scales each branch by p_l
+at test time; here a kept branch is divided by p_l in training and the test-time network is the
+plain one, as in torchvision's ``StochasticDepth`` and timm's ``DropPath``. Both forms give the same
+expected block output in training and a deterministic full-depth network at test time; the inverted
+one makes the evaluated (and saved) model exactly the configuration's architecture, so the weights
+``autonorm train`` saves reload with ``build_model(config)``, which a test-time scale held outside
+the weights would not allow.
 
 It acts on backbones whose residual blocks expose a ``gate`` slot and a ``branch`` method
 (:class:`autonorm_plugins.resnet.BasicBlock`), hence ``requires=("model:resnet",)``.
@@ -24,17 +30,18 @@ from autonorm import Component, Float, TrainingMethod
 
 
 class StochasticDepthGate(nn.Module):
-    """Keeps a residual branch with probability ``survival`` in training; scales it by ``survival`` in eval."""
+    """Keeps a residual branch with probability ``survival`` in training, divided by ``survival`` (inverted
+    form); the plain branch in eval."""
 
     def __init__(self, survival: float) -> None:
         super().__init__()
         self.survival = survival
 
     def forward(self, branch: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return branch(x) * self.survival
-        if torch.rand(()) < self.survival:  # drawn on the CPU: no device sync
+        if not self.training or self.survival == 1:
             return branch(x)
+        if torch.rand(()) < self.survival:  # drawn on the CPU: no device sync
+            return branch(x) / self.survival
         return x.new_zeros(())
 
     def extra_repr(self) -> str:

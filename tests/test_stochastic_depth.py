@@ -1,12 +1,13 @@
-"""Stochastic depth: linear-decay survival, whole-branch skipping in training, p_l-scaled branches in eval."""
+"""Stochastic depth: linear-decay survival, whole-branch skipping in training (kept branches divided by p_l),
+the plain network in eval."""
 
 import copy
 
 import pytest
 import torch
 from autonorm_plugins.stochastic_depth import StochasticDepth, StochasticDepthGate, survival_probabilities
-from torch import nn
 
+import autonorm
 from autonorm import build_model
 from tests.test_build import config
 
@@ -22,26 +23,23 @@ def test_linear_decay_rule_and_expected_depth():
     assert sum(p) == pytest.approx(54 - 0.5 * 55 / 2)  # 40.25 active blocks on average (paper, L = 54)
 
 
-def test_eval_is_deterministic_with_branches_scaled_by_survival():
+def test_eval_is_the_plain_network_so_trained_weights_reload_with_build_model():
     model = resnet().eval()
     plain = copy.deepcopy(model)
     StochasticDepth(0.5).setup(model, None)
     gates = [b.gate.survival for b in model.blocks]
     assert gates == pytest.approx(survival_probabilities(6, 0.5))
-    for block, p in zip(plain.blocks, gates, strict=True):  # independent reference: scale each branch's last norm
-        block.norm2 = nn.Sequential(block.norm2, _Scale(p))
     x = torch.randn(5, 1, 8, 8)
-    assert torch.equal(model(x), model(x))
-    torch.testing.assert_close(model(x), plain(x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(model(x), plain(x))
 
 
-class _Scale(nn.Module):
-    def __init__(self, s):
-        super().__init__()
-        self.s = s
-
-    def forward(self, x):
-        return x * self.s
+def test_a_kept_branch_is_scaled_so_the_training_output_is_the_eval_output_in_expectation():
+    torch.manual_seed(0)
+    gate, x = StochasticDepthGate(0.3), torch.randn(4)
+    branch = torch.tanh
+    mean = sum(gate(branch, x) for _ in range(20000)) / 20000
+    torch.testing.assert_close(mean, gate.eval()(branch, x), atol=0.03, rtol=0)  # error ~ 1/sqrt(K)
+    assert torch.equal(gate.eval()(branch, x), branch(x))
 
 
 def test_survival_one_is_plain_training():
@@ -75,3 +73,22 @@ def test_survival_frequency_of_each_block():
     for _ in range(4000):
         gate(lambda x: calls.append(1) or x, torch.ones(1))
     assert len(calls) / 4000 == pytest.approx(0.3, abs=0.03)
+
+
+def test_trained_model_reloads_exactly_and_a_test_time_scale_outside_the_weights_is_caught(tmp_path, monkeypatch):
+    spec = autonorm.load_spec({"model": {"backbone": "resnet", "depth": 8, "width": 4}, "train": {"epochs": 1}})
+    train = {key: domain.suggest(None, key) for key, domain in spec.train.items()} | spec.train_options
+    raw = config(depth=8, width=4).model_dump()
+    raw["components"]["training"] = {"name": "stochastic_depth"}
+    cfg = autonorm.TrialConfig.model_validate({**raw, "train": train})
+    trained = autonorm.train(cfg, tmp_path / "sd")
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(autonorm.load_trained(tmp_path / "sd")(x), trained.model(x))
+
+    def paper_form(self, branch, x):  # the paper's test-time scale, held outside the weights
+        return branch(x) * (self.survival if not self.training else 1.0)
+
+    monkeypatch.setattr(StochasticDepthGate, "forward", paper_form)
+    with pytest.raises(autonorm.SpecError, match=r"a training method \(stochastic_depth\) changes the model"):
+        autonorm.train(cfg, tmp_path / "paper")
