@@ -26,6 +26,10 @@ def autonorm_components() -> list[Component]:
     """
 
 
+# The trial-lifecycle hooks below are for trackers; each plugin's implementation is called on its own,
+# and one that raises is reported as a warning naming the plugin: the trial and the other trackers go on.
+
+
 @hookspec
 def autonorm_trial_started(study_name: str, number: int, config: dict[str, Any]) -> None:
     """A trial is about to train ``config`` (the resolved configuration, as plain data)."""

@@ -12,10 +12,12 @@ from it (see :class:`Rejected`). A configuration the sampler proposes again is n
 from __future__ import annotations
 
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
+import pluggy
 import torch
 
 from autonorm.build import build_model, build_training_methods
@@ -40,13 +42,17 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         def finish(state: str, metrics: dict[str, Any]) -> None:
-            hook.autonorm_trial_finished(study_name=spec.name, number=trial.number, state=state, metrics=metrics)
+            notify(
+                hook.autonorm_trial_finished, study_name=spec.name, number=trial.number, state=state, metrics=metrics
+            )
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             prune = prunable and objective_key in metrics
             if prune:  # the step is the number of epochs done, as Ray's schedulers count
                 trial.report(metrics[objective_key], epoch + 1)
-            hook.autonorm_trial_reported(study_name=spec.name, number=trial.number, epoch=epoch, metrics=metrics)
+            notify(
+                hook.autonorm_trial_reported, study_name=spec.name, number=trial.number, epoch=epoch, metrics=metrics
+            )
             # after the last epoch stopping saves nothing, and the trial's result is complete
             if prune and epoch + 1 < spec.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
@@ -58,7 +64,7 @@ def make_objective(
                 return _repeat(trial, earlier, finish)
             dumped = config.model_dump(mode="json")
             trial.set_user_attr("config", dumped)
-            hook.autonorm_trial_started(study_name=spec.name, number=trial.number, config=dumped)
+            notify(hook.autonorm_trial_started, study_name=spec.name, number=trial.number, config=dumped)
             torch.manual_seed(config.seed)
             n = int(config.train["batch_size"])
             model = build_model(config, data.x_train[:n], registry, sample_labels=data.y_train[:n])
@@ -94,6 +100,18 @@ def make_objective(
         return failed
 
     return objective
+
+
+def notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:
+    """Call each plugin's implementation of a trial-lifecycle hook (a tracker's) on its own: one that
+    raises is reported as a warning naming it, and neither the trial nor the other trackers suffer."""
+    for impl in caller.get_hookimpls():
+        try:
+            impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except Exception as exc:  # noqa: BLE001 - a tracker's bug must not fail a trained trial
+            warnings.warn(
+                f"plugin {impl.plugin_name!r}: {caller.name} raised {type(exc).__name__}: {exc}", stacklevel=2
+            )
 
 
 def earlier_trial(trial: optuna.Trial, spec: SearchSpec) -> optuna.trial.FrozenTrial | None:

@@ -188,3 +188,49 @@ def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_ret
     trials = optuna.load_study(study_name="retrained", storage=f"sqlite:///{tmp_path / 'repeats.db'}").trials
     assert not any("repeat_of" in t.user_attrs for t in trials)
     assert len({t.user_attrs["train_seconds"] for t in trials}) == 5  # every one trained
+
+
+class Tracker:
+    def __init__(self):
+        self.events = []
+
+    @autonorm.hookimpl
+    def autonorm_trial_started(self, number):
+        self.events.append(("started", number))
+
+    @autonorm.hookimpl
+    def autonorm_trial_reported(self, number, epoch, metrics):
+        self.events.append(("reported", number, epoch, "val_accuracy" in metrics))
+
+    @autonorm.hookimpl
+    def autonorm_trial_finished(self, number, state):
+        self.events.append(("finished", number, state))
+
+
+class BrokenTracker:
+    @autonorm.hookimpl
+    def autonorm_trial_started(self):
+        raise RuntimeError("tracker down")
+
+    @autonorm.hookimpl
+    def autonorm_trial_reported(self):
+        raise RuntimeError("tracker down")
+
+    @autonorm.hookimpl
+    def autonorm_trial_finished(self):
+        raise RuntimeError("tracker down")
+
+
+def test_trackers_see_each_trial_and_one_that_raises_harms_neither_trials_nor_other_trackers(tmp_path):
+    registry = registry_with_test_components()
+    tracker = Tracker()
+    registry.register(tracker, "tracker")
+    registry.register(BrokenTracker(), "broken_tracker")  # registered last: pluggy calls it first
+    spec = load_spec(write(tmp_path / "tiny.yaml", TINY_SPACE.replace("epochs: 2", "epochs: 1")), registry)
+    with pytest.warns(UserWarning, match="plugin 'broken_tracker': autonorm_trial_finished raised RuntimeError"):
+        results = autonorm.search(spec, registry=registry, trials=2)
+    assert results.count("complete") == 2
+    assert tracker.events == [
+        ("started", 0), ("reported", 0, 0, True), ("finished", 0, "complete"),
+        ("started", 1), ("reported", 1, 0, True), ("finished", 1, "complete"),
+    ]  # fmt: skip
