@@ -35,9 +35,7 @@ def search(
     """
     registry = registry or get_registry()
     spec = source if isinstance(source, SearchSpec) else load_spec(source, registry)
-    overrides = {k: v for k, v in (("trials", trials), ("storage", storage), ("workers", workers)) if v is not None}
-    if overrides:
-        spec.search = spec.search.model_copy(update=overrides)
+    spec.override(trials=trials, storage=storage, workers=workers)
     if spec.search.backend == "ray":
         from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it
 

@@ -49,12 +49,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         console = Console(stderr=True)
     registry = get_registry()
     spec = load_spec(args.space, registry)
-    if args.trials is not None:
-        spec.search = spec.search.model_copy(update={"trials": args.trials})
-    if args.storage is not None:
-        spec.search = spec.search.model_copy(update={"storage": args.storage})
-    if args.workers is not None:
-        spec.search = spec.search.model_copy(update={"workers": args.workers})
+    spec.override(trials=args.trials, storage=args.storage, workers=args.workers)
     if spec.search.backend == "optuna":
         check_shareable(spec.storage, spec.search.workers)
     optuna.logging.set_verbosity(optuna.logging.ERROR)

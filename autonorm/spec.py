@@ -219,6 +219,18 @@ class SearchSpec:
         """The storage URL; by default an SQLite file named after the space, in the working directory."""
         return self.search.storage or f"sqlite:///{self.name}.db"
 
+    def override(self, **settings: Any) -> None:
+        """Replace ``search`` settings (``trials``, ``storage``, ``workers``: from the command line or a
+        call), validated like the file's; None leaves one as it is."""
+        given = {key: value for key, value in settings.items() if value is not None}
+        if not given:
+            return
+        try:
+            self.search = SearchSettings.model_validate({**self.search.model_dump(), **given})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise SpecError(_pydantic_message(err), path=".".join(map(str, ("search", *err["loc"])))) from None
+
 
 # ---------------------------------------------------------------- loading
 

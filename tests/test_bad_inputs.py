@@ -50,6 +50,8 @@ CORPUS = [
         "cannot open storage postgresql+psycopg2://autonorm:***@127.0.0.1:1/autonorm",
     ),
     ("sqlite-for-many-workers", None, ("--workers", "3"), "cannot be shared by 3 worker processes"),
+    ("zero-trials", None, ("--trials", "0"), "search.trials: Input should be greater than 0"),
+    ("zero-workers", None, ("--workers", "0"), "search.workers: Input should be greater than 0"),
 ]
 
 
@@ -82,6 +84,15 @@ def test_bad_input_is_a_located_error_and_leaves_the_storage_intact(
     assert SECRET not in out + err
     assert intact.read_bytes() == before
     assert not (tmp_path / "executed").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"trials": 1.5}, "search.trials: Input should be a valid integer"), ({"workers": -1}, "search.workers")],
+)
+def test_a_bad_override_from_python_is_a_located_error(override, message):
+    with pytest.raises(autonorm.SpecError, match=message):
+        autonorm.search(yaml.safe_load(GOOD), **override)
 
 
 def test_impossible_combination_is_refused_before_any_trial(intact):

@@ -112,8 +112,7 @@ def worker_spec(study_name: str, storage: str, registry: Registry, trials: int |
         raise SpecError(f"study {study_name!r} was not made by autonorm: it has no search space", path="study")
     spec = load_spec(raw, registry)
     spec.name = study_name
-    target = trials or study.user_attrs.get(TARGET_ATTR) or spec.search.trials
-    spec.search = spec.search.model_copy(update={"storage": storage, "trials": target})
+    spec.override(storage=storage, trials=trials if trials is not None else study.user_attrs.get(TARGET_ATTR))
     return spec
 
 
