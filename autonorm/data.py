@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError
+from autonorm.params import FilePath
 from autonorm.registry import Registry, get_registry
 
 
@@ -78,8 +79,13 @@ def _load(
 ) -> Data:
     """``files`` only keys the cache (see :func:`load_data`)."""
     comp = registry.get("dataset", name)
-    arrays = comp.bind(json.loads(params_json))()
-    _check_arrays(name, arrays)
+    params = json.loads(params_json)
+    arrays = comp.bind(params)()
+    files = [f"data.{key} ({params.get(key, p.default)})" for key, p in comp.params.items() if isinstance(p, FilePath)]
+    _check_arrays(files[0] if files else f"dataset {name}", arrays)
+    arrays = replace(
+        arrays, **{k: getattr(arrays, k).astype(np.float32) for k in _FEATURES if getattr(arrays, k) is not None}
+    )
     x, y = arrays.x, arrays.y
     if arrays.x_test is not None:
         x_test, y_test = arrays.x_test, arrays.y_test
@@ -118,10 +124,20 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, fraction: float, seed: int, 
         ) from None
 
 
-def _check_arrays(name: str, arrays: Arrays) -> None:
-    where = f"dataset {name}"
-    pairs = [("x", "y"), ("x_val", "y_val"), ("x_test", "y_test")]
-    for xs, ys in pairs:
+#: The feature arrays of :class:`Arrays`.
+_FEATURES = ("x", "x_val", "x_test")
+
+#: Labels may skip values (a subset of a dataset's classes), but a head this much wider than the
+#: labels in use is a labelling mistake (and would allocate gigabytes), not a dataset.
+_SPARSE_LABELS = 100
+
+
+def _check_arrays(where: str, arrays: Arrays) -> None:
+    """Refuse, naming ``where`` (the file, or the dataset), what would fail later inside training or
+    train nothing: wrong shapes, non-numeric or non-finite features, labels that are not 0..K-1."""
+    if len(arrays.x) == 0:
+        raise SpecError("'x' holds no samples", path=where)
+    for xs, ys in zip(_FEATURES, ("y", "y_val", "y_test"), strict=True):
         x, y = getattr(arrays, xs), getattr(arrays, ys)
         if x is None and y is None:
             continue
@@ -135,3 +151,15 @@ def _check_arrays(name: str, arrays: Arrays) -> None:
             raise SpecError(f"'{ys}' must hold non-negative integer class labels", path=where)
         if x.shape[1:] != arrays.x.shape[1:]:
             raise SpecError(f"'{xs}' has samples of shape {x.shape[1:]}, 'x' of {arrays.x.shape[1:]}", path=where)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+            raise SpecError(f"'{xs}' must hold real numbers, got dtype {x.dtype}", path=where)
+        if (bad := x.size - np.count_nonzero(np.isfinite(x))) > 0:
+            raise SpecError(f"'{xs}' holds {bad} NaN or infinite value(s); training on them diverges", path=where)
+        if len(y) and y.max() >= max(1000, _SPARSE_LABELS * len(np.unique(y))):
+            raise SpecError(
+                f"'{ys}' has labels up to {y.max()} but {len(np.unique(y))} distinct ones: the head would have "
+                f"{y.max() + 1} outputs; number the classes 0..K-1",
+                path=where,
+            )
+    if len(np.unique(arrays.y)) < 2:
+        raise SpecError("'y' holds a single class; a classifier needs at least two", path=where)

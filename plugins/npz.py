@@ -6,6 +6,7 @@ and ``x_test``/``y_test`` to give the validation and test splits explicitly.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ def npz(path: str) -> Arrays:
     where = f"data.path ({path})"
     if not Path(path).is_file():
         raise SpecError("no such file", path=where)
+    if not zipfile.is_zipfile(path):
+        raise SpecError("not an .npz file (a zip archive of arrays, as numpy.savez writes)", path=where)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in _KEYS if k in f.files}
@@ -29,7 +32,7 @@ def npz(path: str) -> Arrays:
     missing = {"x", "y"} - set(arrays)
     if missing:
         raise SpecError(f"missing array(s) {sorted(missing)}; the file has {sorted(arrays)}", path=where)
-    return Arrays(**{k: (v.astype(np.float32) if k.startswith("x") else v) for k, v in arrays.items()})
+    return Arrays(**arrays)
 
 
 @autonorm.hookimpl

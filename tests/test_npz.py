@@ -66,6 +66,38 @@ def test_npz_errors_name_the_problem(tmp_path):
         load_data(ComponentChoice(name="npz", params={"path": "missing.npz"}), 0.2, 0.2)
 
 
+def _arrays(**spoil):
+    rng = np.random.default_rng(0)
+    return {"x": rng.normal(size=(40, 1, 8)).astype(np.float32), "y": np.arange(40) % 4} | spoil
+
+
+@pytest.mark.parametrize(
+    ("case", "arrays", "message"),
+    [
+        ("nan", _arrays(x=np.full((40, 1, 8), np.nan)), "'x' holds 320 NaN or infinite value"),
+        ("inf-in-val", _arrays(x_val=np.full((8, 1, 8), np.inf), y_val=np.arange(8) % 4), "'x_val' holds 64 NaN"),
+        ("strings", _arrays(x=np.full((40, 1, 8), "a")), "'x' must hold real numbers, got dtype <U1"),
+        ("complex", _arrays(x=np.ones((40, 1, 8), complex)), "'x' must hold real numbers, got dtype complex128"),
+        ("empty", _arrays(x=np.zeros((0, 1, 8), np.float32), y=np.zeros(0, int)), "'x' holds no samples"),
+        ("huge-labels", _arrays(y=np.arange(40) % 4 * 10**9), "labels up to 3000000000 but 4 distinct ones"),
+        ("one-class", _arrays(y=np.zeros(40, int)), "'y' holds a single class"),
+        ("float-labels", _arrays(y=np.zeros(40)), "'y' must hold non-negative integer class labels"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bad_arrays_are_refused_naming_the_file_and_key(tmp_path, case, arrays, message):
+    np.savez(tmp_path / f"{case}.npz", **arrays)
+    with pytest.raises(SpecError, match=message) as info:
+        load_data(ComponentChoice(name="npz", params={"path": f"{case}.npz"}), 0.2, 0.2)
+    assert str(info.value).startswith(f"data.path ({case}.npz): ")
+
+
+def test_a_file_that_is_not_an_npz_archive_says_so(tmp_path):
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(SpecError, match=r"data.path \(text.npz\): not an .npz file"):
+        load_data(ComponentChoice(name="npz", params={"path": "text.npz"}), 0.2, 0.2)
+
+
 def test_a_rewritten_file_or_the_same_relative_path_elsewhere_is_read_again(tmp_path, monkeypatch):
     choice = ComponentChoice(name="npz", params={"path": "arrays.npz"})
     for folder, rows in (("a", 100), ("b", 200)):
