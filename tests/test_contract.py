@@ -207,6 +207,9 @@ def test_check_plugin_command(capsys):
 def test_check_plugin_command_unknown_name_and_failures(capsys, monkeypatch):
     assert main(["check-plugin", "groupnrom"]) == 2
     assert "did you mean 'groupnorm'" in capsys.readouterr().err
+    assert main(["check-plugin", "stochastic_depth"]) == 2  # it exists, of a kind without a contract
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'stochastic_depth' is a training component, which has no contract to check" in err
     registry = get_registry()
     bad = Component(kind="normalization", name="detached", factory=Detached)
     monkeypatch.setitem(registry._components, ("normalization", "detached"), bad)
