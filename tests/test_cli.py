@@ -72,7 +72,7 @@ def test_search_resume_results_best(tmp_path, cli):
     assert "\nstudy tiny in sqlite:///tiny.db: 4 trials" in out  # the progress display ends its line
     board, _ = cli("results", "tiny")
     assert "top 10 by val_accuracy" in board and board.count("complete") >= 4
-    assert "normalization" in board and "head" not in board  # only the columns that vary
+    assert "lr" in board and "head" not in board  # only the columns that vary
     board_by_file, _ = cli("results", str(space))
     assert board_by_file == board
     cli("best", "tiny", "-o", "best.yaml")
