@@ -59,10 +59,10 @@ def make_objective(
 
         try:
             config = sample_config(trial, spec, data.input_shape, data.num_classes)
-            earlier = earlier_trial(trial, spec)
+            dumped = config.model_dump(mode="json")
+            earlier = earlier_trial(trial, spec, dumped)
             if earlier is not None:
                 return _repeat(trial, earlier, finish)
-            dumped = config.model_dump(mode="json")
             trial.set_user_attr("config", dumped)
             notify(hook.autonorm_trial_started, study_name=spec.name, number=trial.number, config=dumped)
             torch.manual_seed(config.seed)
@@ -114,20 +114,29 @@ def notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:
             )
 
 
-def earlier_trial(trial: optuna.Trial, spec: SearchSpec) -> optuna.trial.FrozenTrial | None:
-    """A finished trial of the same study that chose exactly the same parameters, whose outcome
-    ``trial`` reuses; None if there is none or ``search.retrain_repeats`` asks to train it again.
+def earlier_trial(trial: optuna.Trial, spec: SearchSpec, config: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+    """A finished trial of the same study that chose exactly the same parameters and trained exactly
+    the same resolved ``config`` (all but its seed: the same epochs, data, model and fixed settings,
+    which a resumed space file may have changed), whose outcome ``trial`` reuses; None if there is
+    none or ``search.retrain_repeats`` asks to train it again.
 
     A trial replayed away from its study (a Ray actor's ``FixedTrial``) has none to look in.
     """
     study = getattr(trial, "study", None)
     if study is None or spec.search.retrain_repeats:
         return None
+    setup = _without_seed(config)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for earlier in study.get_trials(deepcopy=False, states=states):
         if earlier.number != trial.number and earlier.params == trial.params:
-            return earlier
+            if _without_seed(earlier.user_attrs.get("config")) == setup:
+                return earlier
     return None
+
+
+def _without_seed(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A trial's configuration less its training seed, which differs from trial to trial."""
+    return None if config is None else {key: value for key, value in config.items() if key != "seed"}
 
 
 def _repeat(

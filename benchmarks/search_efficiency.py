@@ -92,9 +92,11 @@ def epochs_to_target(
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal spent
-        curve = table[key(sample_config(trial, spec, data.input_shape, data.num_classes))]
+        config = sample_config(trial, spec, data.input_shape, data.num_classes)
+        curve, dumped = table[key(config)], config.model_dump(mode="json")
+        trial.set_user_attr("config", dumped)
         # as the search does: a repeated configuration is not trained again, unless retrain_repeats
-        earlier = earlier_trial(trial, spec)
+        earlier = earlier_trial(trial, spec, dumped)
         if earlier is not None:
             if earlier.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned()

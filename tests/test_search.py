@@ -190,6 +190,23 @@ def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_ret
     assert len({t.user_attrs["train_seconds"] for t in trials}) == 5  # every one trained
 
 
+def test_a_resumed_space_with_other_fixed_settings_trains_its_configurations_again(tmp_path):
+    """The same choices under other epochs (or data, model, fixed settings) are another experiment."""
+    raw = {
+        "name": "changed",
+        "model": {"backbone": "small_cnn", "depth": 1, "width": 8},
+        "space": {"normalization": ["batchnorm", "groupnorm"]},
+        "train": {"epochs": 1, "batch_size": 128, "lr": 0.05},
+        "search": {"trials": 4, "pruner": "none", "sampler": "random"},
+    }
+    first = autonorm.search(raw)
+    assert {t.config.epochs for t in first.trials} == {1} and len({t.repeat_of for t in first.trials}) > 1
+    longer = autonorm.search({**raw, "train": {**raw["train"], "epochs": 2}}, trials=8)
+    later = longer.trials[4:]
+    assert all(t.repeat_of is None or t.repeat_of >= 4 for t in later)
+    assert {t.config.epochs for t in later} == {2}
+
+
 class Tracker:
     def __init__(self):
         self.events = []
@@ -227,8 +244,12 @@ def test_trackers_see_each_trial_and_one_that_raises_harms_neither_trials_nor_ot
     registry.register(tracker, "tracker")
     registry.register(BrokenTracker(), "broken_tracker")  # registered last: pluggy calls it first
     spec = load_spec(write(tmp_path / "tiny.yaml", TINY_SPACE.replace("epochs: 2", "epochs: 1")), registry)
-    with pytest.warns(UserWarning, match="plugin 'broken_tracker': autonorm_trial_finished raised RuntimeError"):
+    with pytest.warns(UserWarning) as warned:
         results = autonorm.search(spec, registry=registry, trials=2)
+    assert {str(w.message) for w in warned} == {
+        f"plugin 'broken_tracker': autonorm_trial_{hook} raised RuntimeError: tracker down"
+        for hook in ("started", "reported", "finished")
+    }
     assert results.count("complete") == 2
     assert tracker.events == [
         ("started", 0), ("reported", 0, 0, True), ("finished", 0, "complete"),

@@ -233,11 +233,11 @@ class StudySearch(OptunaSearch):
 
         def space(trial: Any) -> dict[str, Any]:
             try:
-                config = sample_config(trial, spec, input_shape, num_classes)
-                trial.set_user_attr("config", config.model_dump(mode="json"))
+                dumped = sample_config(trial, spec, input_shape, num_classes).model_dump(mode="json")
+                trial.set_user_attr("config", dumped)
             except TrialFailed:  # the Ray trial replays the same choices and records the reason
                 return {NUMBER: trial.number}
-            earlier = earlier_trial(trial, spec)
+            earlier = earlier_trial(trial, spec, dumped)
             if earlier is None:
                 return {NUMBER: trial.number}
             value = earlier.value if earlier.state == TrialState.COMPLETE else float("nan")
