@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from scipy import stats
 
@@ -43,6 +42,7 @@ from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
 from autonorm.spec import SEARCHED_KINDS, SearchSpec, _locate, load_spec
 from autonorm.trainer import fit
+from autonorm.yamlfile import read_yaml
 
 #: Cost columns reported beside accuracy, from the retrained runs.
 COST_KEYS = ("params", "train_seconds", "latency_ms")
@@ -189,16 +189,7 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
         raw = dict(source)
     else:
         file, folder = str(source), Path(source).absolute().parent
-        try:
-            text = Path(source).read_text()
-            raw, tree = yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
-        except OSError as exc:
-            raise SpecError(f"cannot read the protocol: {exc.strerror}", file=file) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            raise SpecError(
-                f"invalid YAML: {exc.problem}", file=file, line=mark and mark.line + 1, column=mark and mark.column + 1
-            ) from None
+        raw, tree = read_yaml(source, "protocol")
     try:
         proto = _Protocol.model_validate(raw if isinstance(raw, dict) else {})
     except ValidationError as exc:
@@ -404,7 +395,7 @@ def _table(
 def is_protocol(path: str | os.PathLike) -> bool:
     """Whether a YAML file is a comparison protocol (it has ``kind`` and ``tasks``) rather than a space."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+        raw, _ = read_yaml(path, "file")
+    except SpecError:
         return False
     return isinstance(raw, dict) and "tasks" in raw and "kind" in raw

@@ -7,13 +7,13 @@ It is what a study stores per trial, what ``autonorm best`` writes and what
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from autonorm.errors import SpecError
+from autonorm.yamlfile import read_yaml
 
 
 class ComponentChoice(BaseModel):
@@ -50,12 +50,7 @@ class TrialConfig(BaseModel):
         file = None
         if not isinstance(source, dict):
             file = str(source)
-            try:
-                source = yaml.safe_load(Path(source).read_text())
-            except OSError as exc:
-                raise SpecError(f"cannot read the configuration: {exc.strerror}", file=file) from None
-            except yaml.YAMLError as exc:
-                raise SpecError(f"invalid YAML: {exc}", file=file) from None
+            source, _ = read_yaml(source, "configuration")
         try:
             return cls.model_validate(source)
         except ValidationError as exc:

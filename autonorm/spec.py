@@ -21,6 +21,7 @@ from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError
 from autonorm.params import Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
+from autonorm.yamlfile import read_yaml
 
 #: Kinds a search space chooses among, with the component used when the space does not mention them.
 SEARCHED_KINDS = {
@@ -247,18 +248,7 @@ def load_spec(
     if isinstance(source, Mapping):
         return _Parser(None, None, registry, folder).parse(dict(source))
     path = Path(source)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"cannot read the search space: {exc.strerror}", file=str(path)) from None
-    try:
-        raw = yaml.safe_load(text)
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        raise SpecError(f"invalid YAML: {problem}", file=str(path), line=line, column=col) from None
+    raw, tree = read_yaml(path, "search space")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
