@@ -204,10 +204,17 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
 
     if proto.kind not in SEARCHED_KINDS:
         raise fail(("kind",), unknown_name_message("kind", proto.kind, SEARCHED_KINDS))
+    if proto.candidates == []:
+        raise fail(("candidates",), "an empty list; leave the key out to compare every installed one")
     candidates = proto.candidates or registry.names(proto.kind)
     for i, name in enumerate(candidates):
         if (proto.kind, name) not in registry:
             raise fail(("candidates", i), unknown_name_message(proto.kind, name, registry.names(proto.kind)))
+        if name in candidates[:i]:
+            raise fail(("candidates", i), f"{name!r} is listed twice")
+    for i, task in enumerate(proto.tasks):
+        if task.name in [t.name for t in proto.tasks[:i]]:
+            raise fail(("tasks", i, "name"), f"task name {task.name!r} is used twice (each task has its own studies)")
     if proto.baseline is not None and proto.baseline not in candidates:
         raise fail(("baseline",), f"baseline {proto.baseline!r} is not among the candidates {candidates}")
     proto.candidates = candidates

@@ -142,6 +142,14 @@ def test_protocol_errors_name_the_place(tmp_path):
     with pytest.raises(SpecError, match="tasks.0: data.dataset: unknown dataset 'digit'"):
         tasks = [{"name": "d", "data": {"dataset": "digit"}}]
         load_protocol({**PROTOCOL, "tasks": tasks}, registry_with_test_components())
+    twice = [{"name": "d", "data": {"dataset": "digits"}}, {"name": "d", "data": {"dataset": "digits", "imbalance": 5}}]
+    for protocol, message in [
+        ({"tasks": twice}, "tasks.1.name: task name 'd' is used twice"),
+        ({"candidates": ["batchnorm", "explode", "batchnorm"]}, "candidates.2: 'batchnorm' is listed twice"),
+        ({"candidates": [], "baseline": None}, "candidates: an empty list; leave the key out"),
+    ]:
+        with pytest.raises(SpecError, match=message):
+            load_protocol({**PROTOCOL, **protocol}, registry_with_test_components())
 
 
 def test_compare_results_and_report_through_the_cli(tmp_path):
