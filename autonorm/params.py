@@ -151,6 +151,9 @@ class Float:
     low: float
     high: float
     log: bool = False
+    #: the least and greatest values it accepts at all, fixed or searched (None: no bound)
+    minimum: float | None = None
+    maximum: float | None = None
 
     type_name = "number"
 
@@ -160,7 +163,7 @@ class Float:
     def check(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise DomainError(f"expected a finite number, got {value!r}")
-        return float(value)
+        return float(_within(self, value))
 
     def default_domain(self) -> Domain:
         return FloatRange(self.low, self.high, self.log)
@@ -180,6 +183,9 @@ class Int:
     low: int
     high: int
     log: bool = False
+    #: the least and greatest values it accepts at all, fixed or searched (None: no bound)
+    minimum: int | None = None
+    maximum: int | None = None
 
     type_name = "integer"
 
@@ -189,7 +195,7 @@ class Int:
     def check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise DomainError(f"expected an integer, got {value!r}")
-        return value
+        return _within(self, value)
 
     def default_domain(self) -> Domain:
         return IntRange(self.low, self.high, self.log)
@@ -272,6 +278,14 @@ class FilePath(Str):
 
 
 Param = Float | Int | Choice | Str
+
+
+def _within(param: Float | Int, value: float) -> Any:
+    if param.minimum is not None and value < param.minimum:
+        raise DomainError(f"expected at least {param.minimum}, got {value!r}")
+    if param.maximum is not None and value > param.maximum:
+        raise DomainError(f"expected at most {param.maximum}, got {value!r}")
+    return value
 
 
 def _check_declaration(param: Float | Int, check: Any) -> None:

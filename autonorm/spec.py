@@ -37,11 +37,11 @@ SEARCHED_KINDS = {
 
 #: Training hyperparameters: searched like a component's own, fixed to the default when omitted.
 TRAIN_PARAMS: dict[str, Param] = {
-    "batch_size": Int(64, 8, 256, log=True),
+    "batch_size": Int(64, 8, 256, log=True, minimum=1),
     "optimizer": Choice("sgd", ("sgd", "adam", "adamw")),
-    "lr": Float(0.05, 1e-3, 0.5, log=True),
-    "weight_decay": Float(5e-4, 1e-6, 1e-2, log=True),
-    "momentum": Float(0.9, 0.0, 0.99),
+    "lr": Float(0.05, 1e-3, 0.5, log=True, minimum=0),
+    "weight_decay": Float(5e-4, 1e-6, 1e-2, log=True, minimum=0),
+    "momentum": Float(0.9, 0.0, 0.99, minimum=0, maximum=1),
     "schedule": Choice("cosine", ("cosine", "constant")),
 }
 

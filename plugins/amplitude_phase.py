@@ -216,7 +216,7 @@ def autonorm_components() -> list[Component]:
             name="apr",
             factory=AmplitudePhaseRecombination,
             params={
-                "prob": Float(0.6, 0.0, 1.0),
+                "prob": Float(0.6, 0.0, 1.0, minimum=0, maximum=1),
                 "fft": Choice("all", ("all", "spatial")),
                 "variant": Choice("p", ("p", "s", "sp")),
             },

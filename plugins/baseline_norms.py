@@ -66,7 +66,10 @@ def autonorm_components() -> list[Component]:
             batch_dependent=True,
         ),
         Component(
-            kind="normalization", name="groupnorm", factory=groupnorm, params={"groups": Int(8, 1, 32, log=True)}
+            kind="normalization",
+            name="groupnorm",
+            factory=groupnorm,
+            params={"groups": Int(8, 1, 32, log=True, minimum=1)},
         ),
         Component(kind="normalization", name="layernorm", factory=layernorm),
         Component(kind="normalization", name="instancenorm", factory=instancenorm),

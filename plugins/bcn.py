@@ -100,7 +100,7 @@ def autonorm_components() -> list[Component]:
             name="bcn",
             factory=bcn,
             params={
-                "groups": Int(8, 1, 32, log=True),
+                "groups": Int(8, 1, 32, log=True, minimum=1),
                 "estimate": Choice(False, (False, True)),
                 "rate": Float(0.01, 1e-3, 0.3, log=True),
             },

@@ -56,7 +56,7 @@ def autonorm_components() -> list[Component]:
             kind="normalization",
             name="ic_layer",
             factory=ic_layer,
-            params={"p": Float(0.05, 0.0, 0.2)},
+            params={"p": Float(0.05, 0.0, 0.2, minimum=0, maximum=1)},
             batch_dependent=True,
             own_activation=relu_ic,
         )

@@ -93,7 +93,7 @@ def autonorm_components() -> list[Component]:
             kind="normalization",
             name="proxynorm_gn",
             factory=proxynorm_gn,
-            params={"groups": Int(4, 1, 32, log=True)},
+            params={"groups": Int(4, 1, 32, log=True, minimum=1)},
             own_activation=ProxyNormActivation,
         ),
         Component(kind="normalization", name="proxynorm_ln", factory=proxynorm_ln, own_activation=ProxyNormActivation),

@@ -77,6 +77,6 @@ def autonorm_components() -> list[Component]:
             kind="model",
             name="resnet",
             factory=ResNet,
-            params={"depth": Choice(8, (8, 14, 20, 32, 44, 56, 110)), "width": Int(16, 4, 64, log=True)},
+            params={"depth": Choice(8, (8, 14, 20, 32, 44, 56, 110)), "width": Int(16, 4, 64, log=True, minimum=1)},
         )
     ]

@@ -42,6 +42,6 @@ def autonorm_components() -> list[Component]:
             kind="model",
             name="small_cnn",
             factory=SmallCNN,
-            params={"depth": Int(3, 1, 6), "width": Int(32, 8, 128, log=True)},
+            params={"depth": Int(3, 1, 6, minimum=1), "width": Int(32, 8, 128, log=True, minimum=1)},
         )
     ]

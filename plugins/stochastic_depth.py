@@ -74,7 +74,7 @@ def autonorm_components() -> list[Component]:
             kind="training",
             name="stochastic_depth",
             factory=StochasticDepth,
-            params={"survival": Float(0.5, 0.2, 1.0)},
+            params={"survival": Float(0.5, 0.2, 1.0, minimum=0, maximum=1)},
             requires=("model:resnet",),
         )
     ]

@@ -59,6 +59,10 @@ def gn_ws(num_channels: int, groups: int = 8) -> nn.Module:
 def autonorm_components() -> list[Component]:
     return [
         Component(
-            kind="normalization", name="gn_ws", factory=gn_ws, params={"groups": Int(8, 1, 32, log=True)}, conv=ws_conv
+            kind="normalization",
+            name="gn_ws",
+            factory=gn_ws,
+            params={"groups": Int(8, 1, 32, log=True, minimum=1)},
+            conv=ws_conv,
         )
     ]

@@ -106,3 +106,21 @@ def test_mapping_source_without_a_file():
     assert [c.name for c in spec.space["activation"]] == ["elu"]
     with pytest.raises(SpecError, match="space.activation.eluu: unknown activation"):
         load_spec({"space": {"activation": "eluu"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("train: {batch_size: -16}", "train.batch_size", "expected at least 1, got -16"),
+        ("train: {batch_size: [16, 0, 32]}", "train.batch_size", "expected at least 1, got 0"),
+        ("train: {lr: -0.1}", "train.lr", "expected at least 0, got -0.1"),
+        ("train: {weight_decay: -1.0}", "train.weight_decay", "expected at least 0, got -1.0"),
+        ("train: {momentum: {uniform: [0.5, 1.5]}}", "train.momentum", "expected at most 1, got 1.5"),
+        ("model: {backbone: small_cnn, width: 0}", "model.width", "expected at least 1, got 0"),
+        ("model: {backbone: resnet, width: -8}", "model.width", "expected at least 1, got -8"),
+        ("space: {normalization: {groupnorm: {groups: [0, 2]}}}", "groups", "expected at least 1, got 0"),
+    ],
+)
+def test_values_no_model_can_take_are_refused_when_the_file_is_read(tmp_path, text, where, message):
+    err = error_of(tmp_path, text)
+    assert where in err.path and message in err.message
