@@ -154,7 +154,7 @@ def build_training_methods(config: TrialConfig, registry: Registry | None = None
     for kind, choice in config.components.items():
         comp = registry.get(kind, choice.name)
         if comp.training_method is not None:
-            methods.append(comp.training_method(**{**comp.defaults(), **choice.params}))
+            methods.append(comp.training_method(**comp.values(choice.params)))
     return methods
 
 

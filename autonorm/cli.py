@@ -18,7 +18,7 @@ from autonorm.api import search
 from autonorm.backends.optuna import done_count, open_search_study
 from autonorm.backends.workers import STORAGE_ENV, interrupt_once, run_worker, worker_spec
 from autonorm.comparison import Comparison, compare, is_protocol, load_comparison, load_protocol
-from autonorm.errors import SpecError
+from autonorm.errors import SpecError, output_file
 from autonorm.final import train
 from autonorm.registry import get_registry, unknown_name_message
 from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, default_storage, load_study, open_study
@@ -172,7 +172,7 @@ def cmd_best(args: argparse.Namespace, console: Console) -> int:
     best = _chosen_trial(args, results)
     text = best.config.to_yaml()
     if args.output:
-        Path(args.output).write_text(text)
+        output_file(args.output).write_text(text)
         shown = dict.fromkeys([results.objective, args.by, *(k for k, _ in args.max + args.min)] + results.objectives)
         values = ", ".join(f"{k} = {best.metrics[k]:.4g}" for k in shown if k and k in best.metrics)
         console.print(f"wrote the configuration of trial {best.number} ({values or best.state}) to {args.output}")
@@ -345,7 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except SpecError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+        return 2
+    except OSError as exc:  # a file the command reads or writes: the system's reason, without a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        Console(stderr=True).print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; run the same command again to resume")

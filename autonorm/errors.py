@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class SpecError(Exception):
     """A user error, located: ``file:line:col: key.path: message``.
@@ -51,3 +54,12 @@ class Diverged(Rejected):
 
 class Incompatible(Rejected):
     """The chosen components rule each other out (a component's ``excludes`` or ``requires``)."""
+
+
+def output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a file to write, its folder created; a :class:`SpecError` if it is a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise SpecError("is a folder; give a file name to write", file=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out

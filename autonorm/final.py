@@ -27,7 +27,9 @@ from autonorm.build import build_model, build_training_methods
 from autonorm.config import TrialConfig
 from autonorm.data import Data, load_data
 from autonorm.errors import SpecError
+from autonorm.params import DomainError
 from autonorm.registry import METHOD_KINDS, Registry, get_registry
+from autonorm.spec import TRAIN_PARAMS
 from autonorm.trainer import fit
 
 WEIGHTS_FILE = "model.pt"
@@ -61,6 +63,9 @@ def train(
     >>> trained.metrics["test_accuracy"]  # doctest: +SKIP
     0.97
     """
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # before training, not after
+        raise SpecError("exists and is not a folder; give a folder for the weights, configuration and metrics",
+                        file=str(out_dir))  # fmt: skip
     config = config if isinstance(config, TrialConfig) else TrialConfig.load(config)
     registry = registry or get_registry()
     data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed, registry)
@@ -76,9 +81,13 @@ def train(
         num_classes=data.num_classes,
     )
 
+    _check_fits(config, data)
     torch.manual_seed(config.seed)
     n = int(config.train["batch_size"])
-    model = build_model(config, full.x_train[:n], registry, sample_labels=full.y_train[:n])
+    try:
+        model = build_model(config, full.x_train[:n], registry, sample_labels=full.y_train[:n])
+    except (ValueError, TypeError) as exc:  # e.g. a hand-edited group count the channels cannot take
+        raise SpecError(f"cannot build this configuration: {exc}", path="components") from None
     methods = build_training_methods(config, registry)
     result = fit(model, full, config.train, config.epochs, methods=methods)
     evaluated = model
@@ -141,6 +150,23 @@ def _read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
             file=str(path),
         )
     return state
+
+
+def _check_fits(config: TrialConfig, data: Data) -> None:
+    """What ``autonorm best`` wrote, perhaps edited by hand, must train on its data: every training
+    setting declared and valid, at least one epoch, the data's input shape and classes."""
+    if config.epochs < 1:
+        raise SpecError(f"expected at least 1 epoch, got {config.epochs}", path="epochs")
+    for key, param in TRAIN_PARAMS.items():
+        if key not in config.train:
+            raise SpecError(f"missing; expected {param.type_name}, e.g. {param.default!r}", path=f"train.{key}")
+        try:
+            param.check(config.train[key])
+        except DomainError as exc:
+            raise SpecError(str(exc), path=f"train.{key}") from None
+    for key, value in (("input_shape", data.input_shape), ("num_classes", data.num_classes)):
+        if getattr(config, key) != value:
+            raise SpecError(f"{getattr(config, key)} does not match the data's {value}", path=key)
 
 
 def _check_reload(final: nn.Module, reloaded: nn.Module, x: torch.Tensor, config: TrialConfig) -> None:

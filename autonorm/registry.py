@@ -18,7 +18,8 @@ from typing import Any
 import pluggy
 
 from autonorm import hookspecs
-from autonorm.params import Choice, Float, Int, Param, Str
+from autonorm.errors import SpecError
+from autonorm.params import Choice, DomainError, Float, Int, Param, Str
 
 ENTRY_POINT_GROUP = "autonorm"
 
@@ -136,9 +137,23 @@ class Component:
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.params.items()}
 
+    def values(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every hyperparameter's value: ``params`` (each declared, and accepted by its declaration)
+        over the defaults; a :class:`SpecError` names a wrong one (a hand-edited configuration)."""
+        section = self.kind if self.kind in ("model", "dataset") else f"components.{self.kind}"
+        for name, value in (params or {}).items():
+            where = f"{section}.params.{name}"
+            if name not in self.params:
+                raise SpecError(unknown_name_message(f"hyperparameter of {self.name}", name, self.params), path=where)
+            try:
+                self.params[name].check(value)
+            except DomainError as exc:
+                raise SpecError(str(exc), path=where) from None
+        return {**self.defaults(), **(params or {})}
+
     def bind(self, params: Mapping[str, Any] | None = None) -> Callable[..., Any]:
         """The factory with this component's hyperparameters filled in (defaults for missing ones)."""
-        return functools.partial(self.factory, **{**self.defaults(), **(params or {})})
+        return functools.partial(self.factory, **self.values(params))
 
     def bind_own_activation(self, params: Mapping[str, Any] | None = None) -> Callable[..., Any] | None:
         """``own_activation`` with the hyperparameters its signature names filled in (an IC layer's dropout rate)."""

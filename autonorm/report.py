@@ -22,6 +22,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from autonorm.comparison import COST_KEYS, Comparison
+from autonorm.errors import output_file
 from autonorm.results import StudyResults, TrialRecord, results_of
 from autonorm.spec import SEARCHED_KINDS
 
@@ -43,8 +44,7 @@ tr:nth-child(even) { background: #f5f5f5; } th { border-bottom: 2px solid #ccc; 
 
 def write_report(source: optuna.Study | Comparison, path: str | os.PathLike, storage: str = "") -> Path:
     """Write the report of a study or a comparison to ``path`` (an ``.html`` file) and return the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_file(path)
     page = render_comparison_report(source) if isinstance(source, Comparison) else render_report(source, storage)
     out.write_text(page)
     return out

@@ -246,3 +246,51 @@ def test_an_sqlite_url_has_no_password_and_is_stored_as_written(tmp_path):
     url = f"sqlite:///{tmp_path / 'plain.db'}"
     open_search_study(autonorm.load_spec({**yaml.safe_load(GOOD), "search": {"storage": url}}))
     assert _stored_space("intact", url)["search"]["storage"] == url
+
+
+def _edit(config: dict, dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return config
+
+
+#: (what a user changed in best.yaml by hand, to what, what the error must say)
+EDITED_CONFIGS = [
+    ("components.normalization.params.groups", 3, "cannot build this configuration: "),
+    ("epochs", 0, "epochs: expected at least 1 epoch, got 0"),
+    ("train.lr", "fast", "train.lr: expected a finite number, got 'fast'"),
+    ("train.batch_size", -16, "train.batch_size: expected at least 1, got -16"),
+    ("model.params.foo", 1, "model.params.foo: unknown hyperparameter of small_cnn 'foo'"),
+    ("num_classes", 3, "num_classes: 3 does not match the data's 10"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), EDITED_CONFIGS, ids=[c[0] for c in EDITED_CONFIGS])
+def test_train_on_a_hand_edited_configuration_is_a_clear_error_before_training(
+    trained, tmp_path, capsys, key, value, message
+):
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    config["components"]["normalization"] = {"name": "groupnorm", "params": {"groups": 2}}
+    write(tmp_path / "best.yaml", yaml.safe_dump(_edit(config, key, value)))
+    assert main(["train", str(tmp_path / "best.yaml"), "-o", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_output_paths_that_are_folders_or_files_are_clear_errors(trained, tmp_path, capsys):
+    storage = f"sqlite:///{trained.parent}/t.db"
+    (tmp_path / "a_folder").mkdir()
+    for args in (
+        ["best", "intact", "--storage", storage, "-o", str(tmp_path / "a_folder")],
+        ["report", "intact", "--storage", storage, "-o", str(tmp_path / "a_folder")],
+        ["train", str(trained / "config.yaml"), "-o", str(trained / "config.yaml")],
+    ):
+        assert main(args) == 2, args
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.startswith("error: ") and ("is a folder" in err or "exists and is not a folder" in err), err
+    assert main(["best", "intact", "--storage", storage, "-o", str(tmp_path / "new" / "dir" / "b.yaml")]) == 0
+    assert (tmp_path / "new" / "dir" / "b.yaml").is_file()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from autonorm import TrialConfig, build_model, get_registry
+from autonorm import SpecError, TrialConfig, build_model, get_registry
 
 
 def config(model="resnet", norm="batchnorm", act="relu", pool="avg", shape=(1, 8, 8), **model_params):
@@ -40,8 +40,10 @@ def test_models_build_for_1d_and_2d(model, shape, norm):
 
 def test_resnet_depth_sets_the_number_of_blocks():
     assert len(build_model(config(depth=14)).blocks) == 6
+    with pytest.raises(SpecError, match=r"model.params.depth: expected one of \[8, 14, "):
+        build_model(config(depth=9))  # a hand-edited configuration is checked against the declaration
     with pytest.raises(ValueError, match="6n\\+2"):
-        build_model(config(depth=9))
+        get_registry().get("model", "resnet").factory((1, 8, 8), 10, None, depth=9)
 
 
 def test_config_roundtrip_through_yaml(tmp_path):
