@@ -20,7 +20,7 @@ from autonorm.backends.workers import STORAGE_ENV, interrupt_once, run_worker, w
 from autonorm.comparison import Comparison, compare, is_protocol, load_comparison, load_protocol
 from autonorm.errors import SpecError, output_file
 from autonorm.final import train
-from autonorm.registry import get_registry, unknown_name_message
+from autonorm.registry import KINDS, get_registry, unknown_name_message
 from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, default_storage, load_study, open_study
 from autonorm.spec import load_spec
 from autonorm.storage import check_shareable, mask_url
@@ -263,6 +263,17 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autonorm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("space", help="search-space YAML file")
     p.add_argument("--trials", type=int, help="override search.trials")
     p.add_argument("--storage", help="override search.storage")
-    p.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
+    p.add_argument("--top", type=positive, default=10, help="leaderboard rows (default 10)")
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress")
     p.add_argument(
         "--jsonl", action="store_true", help="print one JSON object per finished trial instead (other output: stderr)"
@@ -291,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("plugins", help="list every discovered component")
-    p.add_argument("--kind", help="only this kind")
+    p.add_argument("--kind", choices=KINDS, help="only this kind")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("validate", help="check a search-space file without running it")
@@ -300,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="print a study's leaderboard")
     _study_args(p)
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=positive, default=10)
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("best", help="write the best trial's configuration as YAML")

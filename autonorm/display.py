@@ -103,7 +103,8 @@ def trial_json(record: TrialRecord, objectives: list[str]) -> str:
             "value": record.value,
             "values": values,
             "reason": record.reason,
-            "config": record.config.summary() if record.config else None,
+            "summary": record.config.summary() if record.config else None,
+            "config": record.config.model_dump(mode="json") if record.config else None,
             "metrics": record.metrics,
         }
     )

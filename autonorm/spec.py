@@ -21,6 +21,7 @@ from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError
 from autonorm.params import Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
+from autonorm.storage import parse_url
 from autonorm.yamlfile import read_yaml
 
 #: Kinds a search space chooses among, with the component used when the space does not mention them.
@@ -133,7 +134,7 @@ class SearchSettings(_Section):
     #: One metric, or a list of them for a multi-objective (Pareto) search: ``[val_accuracy, latency_ms]``.
     objective: Objective | list[Objective] = "val_accuracy"
     storage: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # what NumPy's and Optuna's random generators accept
     timeout: float | None = Field(None, gt=0)
     #: Optuna backend: processes running trials side by side on this machine (they need a shared storage).
     workers: PositiveInt = 1
@@ -303,6 +304,10 @@ class _Parser:
             raw=raw,
         )
         self.check_combinations(spec)
+        try:
+            parse_url(spec.storage)
+        except SpecError as exc:
+            raise self.error(("search", "storage"), exc.message) from None
         return spec
 
     # -- pieces

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -35,21 +36,35 @@ def mask_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage with heartbeats, so trials of a killed process are detected as stale."""
+def parse_url(url: str) -> tuple[Any, str]:
+    """The parsed storage URL and its scheme; a :class:`SpecError` (key ``search.storage``) for a URL
+    that is not one, an unknown scheme, or an in-memory SQLite database. Connects to nothing, so
+    ``autonorm validate`` checks it too."""
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         raise SpecError(f"not a storage URL: {mask_url(url)!r}", path="search.storage") from None
     scheme = parsed.get_backend_name()
-    if scheme == JOURNAL_SCHEME:
-        return _open_journal(parsed.database or "", must_exist)
-    if scheme not in _RDB_SCHEMES:
+    if scheme != JOURNAL_SCHEME and scheme not in _RDB_SCHEMES:
         known = ", ".join((*_RDB_SCHEMES, JOURNAL_SCHEME))
         raise SpecError(
             f"unknown storage scheme {scheme!r}; expected one of {known} (e.g. sqlite:///study.db)",
             path="search.storage",
         )
+    if scheme == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise SpecError(
+            f"{mask_url(url)!r} keeps the study in memory, lost when the command ends (and a search cannot resume); "
+            "name a file: sqlite:///study.db",
+            path="search.storage",
+        )
+    return parsed, scheme
+
+
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage with heartbeats, so trials of a killed process are detected as stale."""
+    parsed, scheme = parse_url(url)
+    if scheme == JOURNAL_SCHEME:
+        return _open_journal(parsed.database or "", must_exist)
     if scheme == "sqlite" and must_exist and not Path(parsed.database or "").is_file():
         raise SpecError(f"no study database at {parsed.database!r}", path="storage")
     try:

@@ -51,6 +51,9 @@ CORPUS = [
     ),
     ("sqlite-for-many-workers", None, ("--workers", "3"), "cannot be shared by 3 worker processes"),
     ("zero-trials", None, ("--trials", "0"), "search.trials: Input should be greater than 0"),
+    ("in-memory-sqlite", None, ("--storage", "sqlite://"), "'sqlite://' keeps the study in memory"),
+    ("negative-seed", GOOD.replace("pruner: none", "seed: -1"), (), "search.seed: Input should be greater than"),
+    ("huge-seed", GOOD.replace("pruner: none", "seed: 4294967296"), (), "search.seed: Input should be less than"),
     ("zero-workers", None, ("--workers", "0"), "search.workers: Input should be greater than 0"),
 ]
 

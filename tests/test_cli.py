@@ -110,3 +110,15 @@ def test_best_of_a_study_without_completed_trials(tmp_path, cli):
     cli("search", str(space), "-q")
     _, err = cli("best", "tiny", code=2)
     assert "no completed trial yet" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["results", "tiny", "--top", "0"], "argument --top: expected at least 1, got 0"),
+        (["plugins", "--kind", "normalisation"], "argument --kind: invalid choice: 'normalisation'"),
+    ],
+)
+def test_bad_command_line_values_are_usage_errors(args, message):
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

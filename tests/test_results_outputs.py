@@ -168,7 +168,8 @@ def test_jsonl_prints_one_object_per_finished_trial(tmp_path, cli):
     for line, trial in zip(lines, results.trials, strict=True):
         assert line["state"] == trial.state == "complete"
         assert line["value"] == trial.value and line["values"] == {"val_accuracy": trial.value}
-        assert line["config"] == trial.config.summary() and line["reason"] is None
+        assert line["summary"] == trial.config.summary() and line["reason"] is None
+        assert autonorm.TrialConfig.model_validate(line["config"]) == trial.config  # scripts can rebuild it
     assert "2 complete" in err
 
 

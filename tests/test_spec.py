@@ -124,3 +124,9 @@ def test_mapping_source_without_a_file():
 def test_values_no_model_can_take_are_refused_when_the_file_is_read(tmp_path, text, where, message):
     err = error_of(tmp_path, text)
     assert where in err.path and message in err.message
+
+
+def test_a_storage_url_is_checked_when_the_file_is_read(tmp_path):
+    err = error_of(tmp_path, "search:\n  storage: notaurl\n")
+    assert str(err).endswith("space.yaml:2:3: search.storage: not a storage URL: 'notaurl'")
+    assert "keeps the study in memory" in error_of(tmp_path, "search: {storage: 'sqlite:///:memory:'}").message
