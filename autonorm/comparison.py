@@ -37,7 +37,7 @@ from autonorm.api import search
 from autonorm.backends.optuna import open_search_study
 from autonorm.build import build_model, build_training_methods
 from autonorm.data import load_data
-from autonorm.errors import SpecError, TrialFailed
+from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
 from autonorm.spec import SEARCHED_KINDS, SearchSpec, _locate, load_spec
@@ -193,10 +193,9 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
     try:
         proto = _Protocol.model_validate(raw if isinstance(raw, dict) else {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        line, col = _locate(tree, tuple(err["loc"]))
-        path = ".".join(map(str, err["loc"]))
-        raise SpecError(err["msg"], file=file, path=path, line=line, column=col) from None
+        where, message = first_problem(exc)
+        line, col = _locate(tree, where)
+        raise SpecError(message, file=file, path=".".join(map(str, where)), line=line, column=col) from None
 
     def fail(path: tuple, message: str) -> SpecError:
         line, col = _locate(tree, path)

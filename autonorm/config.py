@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from autonorm.errors import SpecError
+from autonorm.errors import SpecError, first_problem
 from autonorm.yamlfile import read_yaml
 
 
@@ -54,8 +54,8 @@ class TrialConfig(BaseModel):
         try:
             return cls.model_validate(source)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise SpecError(err["msg"], file=file, path=".".join(map(str, err["loc"]))) from None
+            where, message = first_problem(exc)
+            raise SpecError(message, file=file, path=".".join(map(str, where))) from None
 
     def summary(self) -> str:
         """``resnet | batchnorm | relu | avg | linear | kaiming``-style one-liner."""

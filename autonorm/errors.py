@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 
 class SpecError(Exception):
@@ -63,3 +66,21 @@ def output_file(path: str | os.PathLike) -> Path:
         raise SpecError("is a folder; give a file name to write", file=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def first_problem(exc: ValidationError) -> tuple[tuple, str]:
+    """Where (the keys of the user's data, without pydantic's tags for the members of a union) and
+    what, in plain words, of the first problem pydantic found; of a union's members, the one that
+    got deepest into the value (``[val_accuracy, latncy]`` is wrong at item 1, not as a whole)."""
+
+    def where(err: Any) -> tuple:
+        return tuple(part for part in err["loc"] if not (isinstance(part, str) and "[" in part))
+
+    errors = exc.errors()
+    first = where(errors[0])
+    err = max((e for e in errors if where(e)[: len(first)] == first), key=lambda e: len(where(e)))
+    if err["type"] == "extra_forbidden":
+        return where(err), "unknown key"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    return where(err), err["msg"].removeprefix("Value error, ") + shown

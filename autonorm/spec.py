@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from autonorm.config import ComponentChoice
-from autonorm.errors import SpecError
+from autonorm.errors import SpecError, first_problem
 from autonorm.params import Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
 from autonorm.storage import parse_url
@@ -230,8 +230,8 @@ class SearchSpec:
         try:
             self.search = SearchSettings.model_validate({**self.search.model_dump(), **given})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise SpecError(_pydantic_message(err), path=".".join(map(str, ("search", *err["loc"])))) from None
+            where, message = first_problem(exc)
+            raise SpecError(message, path=".".join(map(str, ("search", *where)))) from None
 
 
 # ---------------------------------------------------------------- loading
@@ -270,8 +270,7 @@ class _Parser:
         try:
             file = _File.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise self.error(tuple(err["loc"]), _pydantic_message(err)) from None
+            raise self.error(*first_problem(exc)) from None
         default_name = Path(self.file).stem if self.file else "autonorm"
         dataset = self.component("dataset", file.data.dataset, ("data", "dataset"))
         data_extra = dict(file.data.model_extra or {})
@@ -388,14 +387,6 @@ class _Parser:
                         raise self.error(
                             path, f"{cand.name} cannot be combined with {ekind} {ename!r}, the only {ekind} offered"
                         )
-
-
-def _pydantic_message(err: dict[str, Any]) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    value = err.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict) else ""
-    return f"{err['msg']}{shown}"
 
 
 def _locate(node: yaml.Node | None, path: tuple) -> tuple[int | None, int | None]:

@@ -130,3 +130,10 @@ def test_a_storage_url_is_checked_when_the_file_is_read(tmp_path):
     err = error_of(tmp_path, "search:\n  storage: notaurl\n")
     assert str(err).endswith("space.yaml:2:3: search.storage: not a storage URL: 'notaurl'")
     assert "keeps the study in memory" in error_of(tmp_path, "search: {storage: 'sqlite:///:memory:'}").message
+
+
+def test_pydantic_errors_read_as_plain_words_at_the_wrong_item(tmp_path):
+    err = error_of(tmp_path, "search: {objective: [val_accuracy, latncy]}")
+    assert err.path == "search.objective.1" and err.message.endswith("(got 'latncy')")
+    err = error_of(tmp_path, "search: {objective: [val_accuracy, val_accuracy]}")
+    assert err.message.startswith("objective: repeated metrics") and "Value error" not in err.message
