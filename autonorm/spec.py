@@ -174,7 +174,7 @@ class SearchSettings(_Section):
 
 
 class _File(_Section):
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # a file name, never an option
     data: _Data = _Data()
     model: _Model = _Model()
     space: dict[str, Any] = {}
@@ -288,7 +288,7 @@ class _Parser:
             key: self.domain(param, getattr(file.train, key), ("train", key)) for key, param in TRAIN_PARAMS.items()
         }
         spec = SearchSpec(
-            name=file.name or re.sub(r"[^A-Za-z0-9_.\-]", "_", default_name),
+            name=file.name or re.sub(r"[^A-Za-z0-9_.\-]", "_", default_name).lstrip("._-") or "autonorm",
             dataset=dataset,
             data_params=data_params,
             val_fraction=file.data.val_fraction,

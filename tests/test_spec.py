@@ -137,3 +137,9 @@ def test_pydantic_errors_read_as_plain_words_at_the_wrong_item(tmp_path):
     assert err.path == "search.objective.1" and err.message.endswith("(got 'latncy')")
     err = error_of(tmp_path, "search: {objective: [val_accuracy, val_accuracy]}")
     assert err.message.startswith("objective: repeated metrics") and "Value error" not in err.message
+
+
+def test_a_study_name_is_a_plain_file_name(tmp_path):
+    assert "name" in error_of(tmp_path, "name: '-q'").path
+    assert "name" in error_of(tmp_path, "name: '..'").path
+    assert load_spec(write(tmp_path / "-q.yaml", "train: {epochs: 1}")).name == "q"
