@@ -72,7 +72,10 @@ def make_objective(
             result = fit(model, data, config.train, config.epochs, report, methods=methods)
             missing = [key for key in objectives if key not in result.metrics]
             if missing:
-                raise TrialFailed(f"objective {', '.join(missing)} not measured here (peak memory needs CUDA)")
+                raise TrialFailed(
+                    f"objective {', '.join(missing)} not measured here (peak memory needs CUDA; latency, a model "
+                    "that runs on a single sample)"
+                )
             for key, value in result.metrics.items():  # inside the try: Ctrl-C while recording is an interruption
                 trial.set_user_attr(key, value)
             trial.set_user_attr("history", result.history)

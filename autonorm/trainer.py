@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,7 +148,10 @@ def fit(
     metrics = dict(history[-1])
     metrics["train_seconds"] = time.perf_counter() - start
     metrics["params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
-    metrics["latency_ms"] = latency_ms(model, xv[:1])
+    try:
+        metrics["latency_ms"] = latency_ms(model, xv[:1])
+    except (RuntimeError, ValueError) as exc:  # the trained result stands; only this cost is missing
+        warnings.warn(f"latency not measured: the model cannot run on a single sample ({exc})", stacklevel=2)
     if device.type == "cuda":
         metrics["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return FitResult(metrics, history)

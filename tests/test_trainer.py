@@ -35,6 +35,25 @@ def test_fit_learns_reports_each_epoch_and_records_costs(digits):
     assert result.metrics["train_seconds"] > 0 and result.metrics["latency_ms"] > 0
 
 
+class _NoSingleSample(torch.nn.Module):
+    """Runs on batches only, like a group normalization with one value per group."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        if len(x) == 1:
+            raise RuntimeError("Expected more than 1 value per channel")
+        return self.linear(x.flatten(1))
+
+
+def test_a_model_that_cannot_run_one_sample_keeps_its_result_without_a_latency(digits):
+    with pytest.warns(UserWarning, match="latency not measured: the model cannot run on a single sample"):
+        result = fit(_NoSingleSample(), digits, TRAIN, 1)
+    assert "latency_ms" not in result.metrics and result.metrics["val_accuracy"] > 0.5
+
+
 def test_fit_is_reproducible(digits):
     def run():
         torch.manual_seed(3)
