@@ -13,6 +13,8 @@ hyperparameters and checked on 1-D ``(N, C, L)`` and 2-D ``(N, C, H, W)`` input 
   one that declares ``batch_dependent=True`` may use the batch in training.
 - ``batch_size_1``: a batch of one works (finite output of the right shape) in train and eval mode,
   or fails in train mode with a ``ValueError``/``RuntimeError`` carrying a message.
+- ``eval_deterministic``: the eval output does not change with the random seed (the other checks fix
+  it, so noise left on in evaluation would pass them).
 - ``state_dict``: a fresh instance loaded with the state dict of a trained, perturbed one gives the
   same eval output.
 - ``float64``, ``bfloat16``, ``float16``: each dtype the component declares in ``Component.dtypes``
@@ -63,7 +65,7 @@ __all__ = ["CHECKED_KINDS", "CheckResult", "ContractError", "ContractReport", "c
 CHECKED_KINDS = ("normalization", "activation", "pooling", "head", "downsampling", "initializer")
 
 #: Checks run in float32; each declared dtype other than float32 adds a check named after it.
-_CHECKS = ("shape_dtype", "gradients", "batch_independence", "batch_size_1", "state_dict")
+_CHECKS = ("shape_dtype", "gradients", "batch_independence", "batch_size_1", "eval_deterministic", "state_dict")
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,14 @@ def _check_batch_size_1(module, kind, factory, spatial, channels, dependent, rat
     _require(bool(torch.isfinite(out).all()), "eval output at batch size 1 is not finite")
 
 
+def _check_eval_deterministic(module, kind, factory, spatial, channels, dependent, ratio) -> None:
+    """Evaluation draws nothing at random: the other checks fix the random generator, so they cannot see it."""
+    x = _input(6, channels, spatial, 10)
+    first, second = _forward(module, x, False, seed=0), _forward(module, x, False, seed=1)
+    diff = (first - second).abs().max().item()
+    _require(torch.equal(first, second), f"the eval output changes by {diff:.3g} with the random seed")
+
+
 def _check_state_dict(module, kind, factory, spatial, channels, dependent, ratio) -> None:
     module.train()
     module(_input(6, channels, spatial, 8))
@@ -405,6 +415,7 @@ _RUN = {
     "gradients": _check_gradients,
     "batch_independence": _check_batch_independence,
     "batch_size_1": _check_batch_size_1,
+    "eval_deterministic": _check_eval_deterministic,
     "state_dict": _check_state_dict,
     **{name: functools.partial(_check_dtype, dtype_name=name) for name in _DTYPE_TOLERANCE},
 }

@@ -108,6 +108,13 @@ class LosesPrecision(Scale):
         return super().forward((x + 64) - 64)
 
 
+class NoisyEval(Scale):
+    """Adds noise in eval mode too."""
+
+    def forward(self, x):
+        return super().forward(x) + torch.randn_like(x)
+
+
 def failed(factory, **kwargs):
     with pytest.raises(ContractError) as info:
         check_component(factory, kind="normalization", **kwargs)
@@ -130,6 +137,7 @@ def test_a_well_behaved_module_passes():
         (BatchMean, "batch_independence"),
         (UnbiasedBatchVar, "batch_size_1"),
         (StateOutsideStateDict, "state_dict"),
+        (NoisyEval, "eval_deterministic"),
         (Float32Only, "float64"),
         (ComputesInFloat32, "bfloat16"),
         (LosesPrecision, "bfloat16"),
