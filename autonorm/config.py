@@ -48,6 +48,10 @@ class TrialConfig(BaseModel):
     def load(cls, source: str | os.PathLike | dict[str, Any]) -> TrialConfig:
         """From a mapping or a YAML file written by ``autonorm best``."""
         file = None
+        if not isinstance(source, (dict, str, os.PathLike)):
+            hint = " (a trial's is its .config)" if isinstance(getattr(source, "config", None), TrialConfig) else ""
+            expected = f"a TrialConfig, its dict or a YAML file's path{hint}"
+            raise TypeError(f"expected {expected}, got {type(source).__name__}")
         if not isinstance(source, dict):
             file = str(source)
             source, _ = read_yaml(source, "configuration")

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import autonorm.results
 from autonorm import SpecError, TrialConfig, build_model, get_registry
 
 
@@ -100,3 +101,9 @@ def test_kaiming_gives_he_variance():
     conv = net.features[2]
     fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
     assert conv.weight.var().item() == pytest.approx(2 / fan_out, rel=0.1)
+
+
+def test_build_model_of_a_trial_instead_of_its_config_says_what_it_takes():
+    trial = autonorm.results.TrialRecord(number=0, state="complete", value=1.0, config=config())
+    with pytest.raises(TypeError, match=r"a YAML file's path \(a trial's is its .config\), got TrialRecord"):
+        build_model(trial)
