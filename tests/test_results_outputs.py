@@ -194,9 +194,14 @@ def test_resuming_with_a_parameter_searched_another_way_is_an_error_before_any_t
     edits = [
         ("lr: {loguniform: [0.01, 0.2]}", "lr: [0.01, 0.05, 0.2]", "train.lr", "different distribution kind"),
         ("activation: [relu, elu]", "activation: [relu, elu, and_ail]", "space.activation", "dynamic value space"),
-        ("batch_size: [16, 32, 64]", "batch_size: [16, 32, 64, 128]", "train.batch_size", "now [16, 32, 64, 128]"),
-        ("batch_size: [16, 32, 64]", "batch_size: [16, 48, 64]", "train.batch_size", "now [16, 48, 64]"),
-        ("batch_size: [16, 32, 64]", "batch_size: {low: 16, high: 64}", "train.batch_size", "now None"),
+        ("batch_size: [16, 32, 64]", "batch_size: [16, 32, 64, 128]", "train.batch_size", "lists [16, 32, 64, 128]"),
+        (
+            "batch_size: [16, 32, 64]",
+            "batch_size: [16, 48, 64]",
+            "train.batch_size",
+            "[16, 32, 64]; this space lists [16, 48, 64]",
+        ),
+        ("batch_size: [16, 32, 64]", "batch_size: {low: 16, high: 64}", "train.batch_size", "searches it as Int"),
     ]
     for before, after, key, why in edits:
         write(space, space.read_text().replace(before, after))

@@ -122,18 +122,24 @@ def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
             continue
         domain, path = domains[name]
         now = domain.distribution()
+        was, is_ = ordered_before.get(name), list(domain.choices) if isinstance(domain, Ordered) else None
         try:
             optuna.distributions.check_distribution_compatibility(before, now)
-            was, is_ = ordered_before.get(name), list(domain.choices) if isinstance(domain, Ordered) else None
-            if was != is_:
-                raise ValueError(f"the ordered choice (searched by position) was {was}, now {is_}")
         except ValueError as exc:
-            raise SpecError(
-                f"study {spec.name!r} searched {name} as {before}, this space as {now} ({exc}); "
-                "resume with the same choices, or give the search a new name",
-                file=spec.source,
-                path=path,
-            ) from None
+            problem = f"searched {name} as {before}, this space as {now} ({exc})"
+        else:
+            if was == is_:
+                continue
+            if was is None:
+                problem = f"searched {name} as {before}; this space makes it an ordered choice of {is_}"
+            else:
+                now_text = f"lists {is_}" if is_ is not None else f"searches it as {now}"
+                problem = f"searched {name} by position in the ordered values {was}; this space {now_text}"
+        raise SpecError(
+            f"study {spec.name!r} {problem}; resume with the same choices, or give the search a new name",
+            file=spec.source,
+            path=path,
+        )
 
 
 def stored_space(spec: SearchSpec) -> dict:
