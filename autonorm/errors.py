@@ -1,4 +1,6 @@
-"""The one exception type for mistakes a user can fix: caught once at the CLI and printed plainly."""
+"""Errors: :class:`SpecError` for mistakes a user can fix (caught once at the CLI and printed plainly,
+located), the reasons a trial fails or is rejected, and the helpers that turn a pydantic error or an
+output path into a :class:`SpecError`."""
 
 from __future__ import annotations
 
