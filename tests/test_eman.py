@@ -2,23 +2,32 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from autonorm_plugins.eman import EMAN
 
 import autonorm
-from autonorm import TrainingMethod, build_model, load_spec
+from autonorm import ComponentChoice, TrainingMethod, build_model, load_spec
+from autonorm.data import load_data
+from autonorm.trainer import fit
 from tests.helpers import registry_with_test_components
 from tests.test_build import config
 
 
-def student_and_eman(momentum):
+def student_and_eman(momentum, warmup=False):
+    """The paper's constant m unless ``warmup``."""
     torch.manual_seed(0)
     model = build_model(config(model="small_cnn", depth=2, width=8))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    eman = EMAN(momentum)
+    eman = EMAN(momentum, warmup=warmup)
     eman.setup(model, optimizer)
     return model, optimizer, eman
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
 
 
 def step(model, optimizer, eman, seed=1):
@@ -56,6 +65,35 @@ def test_k_updates_towards_a_frozen_student_follow_the_closed_form():
         if t.is_floating_point():
             expected = 0.8**5 * t0[key] + (1 - 0.8**5) * model.state_dict()[key]
             torch.testing.assert_close(t, expected, rtol=1e-6, atol=1e-6, msg=key)
+
+
+def test_the_warm_up_follows_the_num_updates_rule_towards_a_frozen_student():
+    model, optimizer, eman = student_and_eman(0.999, warmup=True)
+    t0 = {k: v.clone() for k, v in eman.teacher.state_dict().items()}
+    step(model, optimizer, eman)
+    for _ in range(4):
+        eman.after_step(model)
+    kept = 1.0
+    for t in range(5):
+        kept *= min(0.999, (1 + t) / (10 + t))  # 0.1, 2/11, 3/12, ...
+    for key, t in eman.teacher.state_dict().items():
+        if t.is_floating_point():
+            expected = kept * t0[key] + (1 - kept) * model.state_dict()[key]
+            torch.testing.assert_close(t, expected, rtol=1e-6, atol=1e-6, msg=key)
+    eman.updates = 10**5
+    assert eman.current_momentum() == 0.999  # the paper's m once the run is long
+
+
+def test_the_teacher_of_a_short_trial_leaves_its_initialization(digits):
+    """With a constant 0.999 over 28 steps the evaluated teacher stays near its random start."""
+    scores = {}
+    for warmup in (True, False):
+        torch.manual_seed(0)
+        model = build_model(config(model="small_cnn", depth=2, width=16))
+        train = {"batch_size": 64, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9,
+                 "schedule": "cosine"}  # fmt: skip
+        scores[warmup] = fit(model, digits, train, 2, methods=[EMAN(warmup=warmup)]).metrics["val_accuracy"]
+    assert scores[True] > 0.8 > 0.3 > scores[False]
 
 
 def test_momentum_zero_makes_the_teacher_the_student_and_one_freezes_it():
