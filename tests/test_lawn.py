@@ -73,3 +73,25 @@ def test_projection_keeps_a_bias_free_head_function_up_to_scale():
         model.head.weight.mul_(7.5)
     lawn.after_step(model)
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.SGD])
+def test_weight_decay_stops_on_the_constrained_weights_only(optimizer):
+    """With Adam the L2 decay is rescaled per entry, so the projection could not undo it: it turned the
+    head's direction. Here only weight decay acts (the loss has no gradient)."""
+    torch.manual_seed(0)
+    model = build_model(config(model="small_cnn", depth=2, width=8))
+    opt = optimizer(model.parameters(), lr=0.05, weight_decay=0.1)
+    lawn = LAWN(0.0)
+    lawn.setup_data(None, None, 4)
+    lawn.setup(model, opt)
+    head, other = model.head.weight.detach().clone(), model.features[0].weight.detach().clone()
+    for _ in range(50):
+        opt.zero_grad()
+        (0 * model(torch.randn(4, 1, 8, 8)).sum()).backward()
+        opt.step()
+        lawn.after_step(model)
+    cosine = F.cosine_similarity(model.head.weight.flatten(), head.flatten(), dim=0)
+    assert cosine.item() == pytest.approx(1.0, abs=1e-6)
+    assert model.features[0].weight.norm() < 0.9 * other.norm()  # the other weights still decay
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
