@@ -54,6 +54,8 @@ class Layers:
     conv_layer: Callable[..., nn.Module] | None = None
     #: the normalization's residual-branch scale factory (see ``Component.residual_scale``).
     residual_scale_layer: Callable[..., nn.Module] | None = None
+    #: the normalization's module for a norm followed by an activation (see ``Component.pair``).
+    pair_layer: Callable[[int], nn.Module] | None = None
 
     def conv(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, bias: bool = False) -> nn.Module:
         """A conv followed by a normalization (a normalization may replace it: weight standardization)."""
@@ -81,6 +83,8 @@ class Layers:
 
     def norm_act(self, channels: int) -> nn.Module:
         """Normalization then activation over ``channels`` inputs; ``channels * act_ratio`` come out."""
+        if self.pair_layer is not None:
+            return self.pair_layer(channels)
         return nn.Sequential(self.norm(channels), self.act(channels))
 
 
@@ -113,9 +117,9 @@ def build_layers(config: TrialConfig, registry: Registry | None = None) -> Layer
             norm_comp.head_wrapper, **{**norm_comp.defaults(), **config.components["normalization"].params}
         )
         head = _wrapped_head(head, wrap)
-    norm = parts["normalization"]
+    norm, pair = parts["normalization"], norm_comp.bind_pair(config.components["normalization"].params)
     if norm_comp.batch_dependent:  # so that batch statistics can be routed (autonorm.routing)
-        norm = _marked(norm)
+        norm, pair = _marked(norm), pair and _marked(pair)
     return Layers(
         dims=len(config.input_shape) - 1,
         norm=norm,
@@ -126,6 +130,7 @@ def build_layers(config: TrialConfig, registry: Registry | None = None) -> Layer
         downsampling=parts.get("downsampling"),
         conv_layer=norm_comp.conv,
         residual_scale_layer=norm_comp.residual_scale,
+        pair_layer=pair,
     )
 
 

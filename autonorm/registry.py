@@ -67,6 +67,11 @@ class Component:
     #: normalizations only: an activation factory ``f(num_channels)`` that replaces the searched one; it also
     #: receives those of the component's hyperparameters that its signature names (see :meth:`bind_own_activation`).
     own_activation: Callable[..., Any] | None = None
+    #: normalizations only: ``f(num_channels, **params) -> nn.Module`` for a normalization that an activation
+    #: follows, replacing both (Proxy Normalization: a norm without affine, then the proxy-normalized activation);
+    #: a normalization nothing follows (ending a residual branch) stays ``factory``, and the activation after a
+    #: residual sum stays the searched one (or ``own_activation``). None: norm then activation everywhere.
+    pair: Callable[..., Any] | None = None
     #: normalizations only: a conv factory ``f(dims, in_channels, out_channels, kernel_size, *, stride, padding,
     #: bias) -> nn.Module`` that replaces every conv a backbone places before a normalization (e.g. weight
     #: standardization).
@@ -115,8 +120,13 @@ class Component:
                     "expected autonorm.Float, Int, Choice, Str or FilePath"
                 )
         factory = self.training_method if self.kind in METHOD_KINDS and self.training_method else self.factory
+        for function in (factory, self.pair):
+            if function is not None:
+                self._check_accepts(function)
+
+    def _check_accepts(self, function: Callable[..., Any]) -> None:
         try:
-            accepted = inspect.signature(factory).parameters.values()
+            accepted = inspect.signature(function).parameters.values()
         except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
             return
         if any(p.kind is p.VAR_KEYWORD for p in accepted):
@@ -125,7 +135,7 @@ class Component:
         missing = [pname for pname in self.params if pname not in names]
         if missing:
             raise ValueError(
-                f"component {self.name!r}: its factory {getattr(factory, '__name__', factory)!r} takes no "
+                f"component {self.name!r}: its factory {getattr(function, '__name__', function)!r} takes no "
                 f"keyword argument {', '.join(map(repr, missing))}, which it declares as hyperparameters"
             )
 
@@ -154,6 +164,10 @@ class Component:
     def bind(self, params: Mapping[str, Any] | None = None) -> Callable[..., Any]:
         """The factory with this component's hyperparameters filled in (defaults for missing ones)."""
         return functools.partial(self.factory, **self.values(params))
+
+    def bind_pair(self, params: Mapping[str, Any] | None = None) -> Callable[..., Any] | None:
+        """``pair`` with this component's hyperparameters filled in; None if it declares none."""
+        return None if self.pair is None else functools.partial(self.pair, **self.values(params))
 
     def bind_own_activation(self, params: Mapping[str, Any] | None = None) -> Callable[..., Any] | None:
         """``own_activation`` with the hyperparameters its signature names filled in (an IC layer's dropout rate)."""

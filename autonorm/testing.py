@@ -22,8 +22,9 @@ hyperparameters and checked on 1-D ``(N, C, L)`` and 2-D ``(N, C, H, W)`` input 
   backward in train and eval mode with output and input gradient of that dtype, finite, and close to
   the same computation in float32 (relative error within the dtype's precision).
 
-A normalization that brings its own activation (``own_activation``) or its own convolution
-(``conv``) has those checked too, as ``own_activation/...`` and ``conv/...``.
+A normalization that brings its own activation (``own_activation``), its own norm-activation pair
+(``pair``) or its own convolution (``conv``) has those checked too, as ``own_activation/...``,
+``pair/...`` and ``conv/...``.
 
 A downsampling is built as ``factory(layers, C, 2C)`` from plain layers (conv, a batch-independent
 norm, ReLU) and given the same checks (of the dtypes, float64 only); its output has ``2C`` channels
@@ -169,6 +170,8 @@ def check_component(
     if comp.kind == "normalization" and comp.own_activation is not None:
         own_activation = comp.bind_own_activation(params)
         _check_all(report, "own_activation/", "activation", own_activation, dependent, 1.0, channels, comp.dtypes)
+    if comp.kind == "normalization" and comp.pair is not None:
+        _check_all(report, "pair/", "normalization", comp.bind_pair(params), dependent, 1.0, channels, comp.dtypes)
     if comp.kind == "normalization" and comp.conv is not None:
         _check_conv(report, comp.conv, channels)
     if raise_on_failure:

@@ -15,14 +15,15 @@ so ``z`` is normalized by the moments it would have if ``y`` were Gaussian with 
 mean and scale. The proxy is fixed (quantiles, not random draws), gradients reach all four
 parameters through ``m_c`` and ``v_c``, and nothing is reduced over the batch: train and eval agree.
 
-Decisions (u):
+Placement, as the paper's combination rule: PN is used where a norm is followed by an activation
+(``Component.pair``: ``Norm (no affine) -> PN-activation``); a norm that nothing follows (ending a
+residual branch, on a projection shortcut) stays a plain LN/GN with affine, and the activation after a
+residual sum is plain ``phi``. Decisions (u):
 
-- In autonorm the PN-activation replaces the searched activation (``own_activation``), with
-  ``phi = ReLU`` (the paper's ResNet experiments; the official EfficientNets use swish).
-- Every norm position gets LN/GN without affine: the backbone cannot tell the norm factory whether an
-  activation follows, so a norm ending a residual branch has no affine here (the paper keeps one); the
-  PN-activation's affine after the residual sum takes its place. Norm eps 1e-5; GN default 4 groups,
-  as in the official EfficientNet scripts.
+- the PN-activation replaces the searched activation, with ``phi = ReLU`` (the paper's ResNet
+  experiments; the official EfficientNets use swish); the activation after a residual sum is ReLU too;
+- norm eps 1e-5; GN default 4 groups, as in the official EfficientNet scripts; weight decay falls on
+  every parameter alike (the official code leaves gamma/beta out of it).
 """
 
 from __future__ import annotations
@@ -74,16 +75,36 @@ class ProxyNormActivation(nn.Module):
         return torch.addcmul((-mean * inv_std).view(shape), z, inv_std.view(shape))  # saves only z for backward
 
 
-def proxynorm_gn(num_channels: int, groups: int = 4) -> nn.Module:
-    """Proxy Normalization after GroupNorm (Labatie et al. 2021): the GN part, without affine."""
+def _group_norm(num_channels: int, groups: int, affine: bool) -> nn.Module:
     if num_channels % groups:
         raise ValueError(f"proxynorm_gn: {num_channels} channels cannot be split into {groups} groups")
-    return nn.GroupNorm(groups, num_channels, eps=1e-5, affine=False)
+    return nn.GroupNorm(groups, num_channels, eps=1e-5, affine=affine)
+
+
+def proxynorm_gn(num_channels: int, groups: int = 4) -> nn.Module:
+    """Proxy Normalization with GroupNorm (Labatie et al. 2021): where no activation follows, GN with affine."""
+    return _group_norm(num_channels, groups, affine=True)
+
+
+def proxynorm_gn_pair(num_channels: int, groups: int = 4) -> nn.Module:
+    """GN without affine, then the proxy-normalized activation: the norm-activation pair."""
+    return nn.Sequential(_group_norm(num_channels, groups, affine=False), ProxyNormActivation(num_channels))
 
 
 def proxynorm_ln(num_channels: int) -> nn.Module:
-    """Proxy Normalization after LayerNorm (Labatie et al. 2021): the LN part, GroupNorm(1, C) without affine."""
-    return nn.GroupNorm(1, num_channels, eps=1e-5, affine=False)
+    """Proxy Normalization with LayerNorm (Labatie et al. 2021): where no activation follows, LN (GroupNorm(1, C))
+    with affine."""
+    return _group_norm(num_channels, 1, affine=True)
+
+
+def proxynorm_ln_pair(num_channels: int) -> nn.Module:
+    """LN without affine, then the proxy-normalized activation: the norm-activation pair."""
+    return nn.Sequential(_group_norm(num_channels, 1, affine=False), ProxyNormActivation(num_channels))
+
+
+def relu(num_channels: int) -> nn.Module:
+    """phi after a residual sum, where no norm precedes it."""
+    return nn.ReLU()
 
 
 @autonorm.hookimpl
@@ -94,7 +115,10 @@ def autonorm_components() -> list[Component]:
             name="proxynorm_gn",
             factory=proxynorm_gn,
             params={"groups": Int(4, 1, 32, log=True, minimum=1)},
-            own_activation=ProxyNormActivation,
+            pair=proxynorm_gn_pair,
+            own_activation=relu,
         ),
-        Component(kind="normalization", name="proxynorm_ln", factory=proxynorm_ln, own_activation=ProxyNormActivation),
+        Component(
+            kind="normalization", name="proxynorm_ln", factory=proxynorm_ln, pair=proxynorm_ln_pair, own_activation=relu
+        ),
     ]

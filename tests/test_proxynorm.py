@@ -90,7 +90,9 @@ def test_batch_independent_and_same_in_train_and_eval(shape):
 
 
 @pytest.mark.parametrize("norm, groups", [("proxynorm_ln", 1), ("proxynorm_gn", 4)])
-def test_model_uses_affine_free_norms_and_proxy_normalized_activations(norm, groups):
+def test_proxy_norm_sits_where_a_norm_is_followed_by_an_activation(norm, groups):
+    """The paper's rule: Norm (no affine) -> PN-activation where an activation follows a norm; a norm that
+    ends a residual branch (or a shortcut) keeps its affine, and the activation after a residual sum is phi."""
     cfg = TrialConfig(
         dataset={"name": "digits"},
         val_fraction=0.2,
@@ -103,10 +105,15 @@ def test_model_uses_affine_free_norms_and_proxy_normalized_activations(norm, gro
         train={},
     )
     model = build_model(cfg)
-    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    for block in model.blocks:
+        paired, proxy = block.norm_act1
+        assert isinstance(paired, nn.GroupNorm) and not paired.affine and paired.num_groups == groups
+        assert isinstance(proxy, ProxyNormActivation)
+        assert isinstance(block.norm2, nn.GroupNorm) and block.norm2.affine  # ends the branch
+        assert isinstance(block.act, nn.ReLU)  # after the residual sum
+        for m in block.shortcut.modules():
+            assert not isinstance(m, nn.GroupNorm) or m.affine
     acts = [m for m in model.modules() if isinstance(m, ProxyNormActivation)]
-    assert norms and all(n.num_groups == groups and not n.affine for n in norms)
-    assert len(acts) == 1 + 3 * 2  # stem; per block (3 at depth 8): after conv1 and after the residual sum
-    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert len(acts) == 1 + 3  # the stem's and one per block (3 at depth 8)
     model(torch.randn(2, 1, 8, 8)).sum().backward()
     assert all(a.proxy_weight.grad is not None and a.proxy_weight.grad.abs().sum() > 0 for a in acts)
