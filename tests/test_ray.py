@@ -9,6 +9,7 @@ import secrets
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -75,6 +76,18 @@ def test_ray_search_writes_the_optuna_study_that_results_and_resume_read(local_r
     assert all(t.intermediate_values == {1: t.value} for t in study.trials)  # step = epochs done, as without Ray
     resumed = autonorm.search(ray_space("ray_tiny", 3), registry=registry)
     assert len(resumed.trials) == 3 and [t.params for t in resumed.trials[:2]] == [t.params for t in loaded.trials]
+
+
+def test_a_callback_that_cannot_be_pickled_sees_every_ray_trial(local_ray):
+    """The live progress display holds locks; Tune pickles its search algorithm, callbacks included."""
+    seen, lock = [], threading.RLock()
+
+    def callback(study, trial):
+        with lock:
+            seen.append(trial.number)
+
+    autonorm.search(ray_space("ray_progress", 2), registry=registry_with_test_components(), callbacks=[callback])
+    assert sorted(seen) == [0, 1]
 
 
 def test_a_trial_that_raises_on_ray_is_recorded_with_its_traceback(local_ray):

@@ -253,6 +253,11 @@ class StudySearch(OptunaSearch):
         )
         self._callbacks = list(callbacks)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What Tune pickles when the Tuner is made: all but the callbacks, which may hold what cannot be
+        pickled (the live progress display's locks) and belong to this process."""
+        return {**self.__dict__, "_callbacks": []}
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not result.get(FINAL) and trial_id not in self._completed_trials:
             self._ot_trials[trial_id].report(result[self.metric], result[EPOCH])
