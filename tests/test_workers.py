@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -154,3 +155,26 @@ def test_workers_share_a_postgres_study_and_finish_exactly_the_requested_trials(
     assert sum(t.counts_as_done for t in results.trials) == 3
     assert {t.state for t in results.trials} <= {"complete", "failed"}
     assert all(t.reason == NOT_NEEDED for t in results.trials if t.state == "failed")
+
+
+def test_workers_run_the_space_as_edited_and_read_its_files_from_its_folder(tmp_path, monkeypatch):
+    """Workers read the space the study holds: it is the file as it is now (a resumed search with other
+    epochs trains them), with its relative data paths resolved from the file's folder."""
+    project = tmp_path / "project"
+    project.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(project / "mine.npz", x=rng.normal(size=(60, 1, 8, 8)).astype(np.float32), y=np.arange(60) % 3)
+    text = SPACE.format(name="edited", epochs=1, trials=2).replace(
+        "model:", "data: {dataset: npz, path: mine.npz}\nmodel:"
+    ).replace("seed: 0}", "seed: 0, storage: 'journal:///edited.log'}")
+    space = write(project / "space.yaml", text)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["search", str(space), "--workers", "2", "-q"]) == 0
+    write(space, text.replace("epochs: 1", "epochs: 2"))
+    assert main(["search", str(space), "--workers", "2", "--trials", "4", "-q"]) == 0
+    trials = [TrialRecord.from_frozen(t) for t in records("journal:///edited.log", "edited")]
+    done = [t for t in trials if t.state == "complete"]
+    assert len(done) == 4 and {t.config.epochs for t in done} == {1, 2}
+    assert all(t.config.dataset.params["path"] == str(project / "mine.npz") for t in done)

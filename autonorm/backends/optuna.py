@@ -17,7 +17,7 @@ import optuna
 from autonorm.data import load_data
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective
-from autonorm.params import Ordered
+from autonorm.params import FilePath, Ordered
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, results_of
 from autonorm.space import searched_domains
@@ -85,7 +85,6 @@ def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
     if "objective" not in study.user_attrs:
         study.set_user_attr("objective", spec.search.objectives[0])
         study.set_user_attr("objectives", spec.search.objectives)
-        study.set_user_attr("space", stored_space(spec))
         study.set_user_attr(ORDERED_ATTR, ordered_choices(spec))
         with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard labels the values with it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -97,6 +96,8 @@ def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
             path="search.objective",
         )
     check_distributions(study, spec)
+    if not worker:  # the space as it is now: workers started for this session (or joining it) run it
+        study.set_user_attr("space", stored_space(spec))
     return study
 
 
@@ -143,13 +144,18 @@ def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
 
 
 def stored_space(spec: SearchSpec) -> dict:
-    """The space file as kept in the study, its ``search.storage`` password masked: the study is
-    readable by anyone with the database (optuna-dashboard shows it), and workers are given the URL
-    (``autonorm worker --storage``) rather than reading it back."""
+    """The space file as kept in the study (what ``autonorm worker`` runs), its ``search.storage``
+    password masked: the study is readable by anyone with the database (optuna-dashboard shows it), and
+    workers are given the URL (``autonorm worker --storage``) rather than reading it back; its data
+    files' paths resolved."""
     raw = copy.deepcopy(spec.raw)
     search = raw.get("search")
     if isinstance(search, dict) and isinstance(search.get("storage"), str):
         search["storage"] = mask_url(search["storage"])
+    files = {key: spec.data_params[key] for key, p in spec.dataset.params.items() if isinstance(p, FilePath)}
+    if files:  # resolved from the space file's folder: a worker reads the same files from anywhere
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {"dataset": spec.dataset.name}
+        raw["data"] = {**data, **files}
     return raw
 
 
