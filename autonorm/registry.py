@@ -104,8 +104,9 @@ class Component:
             raise ValueError(
                 f"component {self.name!r}: dtypes {tuple(self.dtypes)} must include 'float32' and name only {DTYPES}"
             )
-        if not self.doc:
-            object.__setattr__(self, "doc", inspect.getdoc(self.factory) or "")
+        if not self.doc:  # the factory's own docstring, not one a class inherits (nn.Module's)
+            own = vars(self.factory).get("__doc__") if isinstance(self.factory, type) else self.factory.__doc__
+            object.__setattr__(self, "doc", inspect.cleandoc(own) if isinstance(own, str) else "")
         if self.kind in METHOD_KINDS and self.training_method is None:
             object.__setattr__(self, "training_method", self.factory)
         if self.own_activation is not None and "activation" not in self.excludes:

@@ -172,9 +172,11 @@ def _fmt(value: float | None) -> str:
 
 def _header(results: StudyResults) -> str:
     goals = ", ".join(f"{o} ({d})" for o, d in zip(results.objectives, results.directions, strict=True))
+    n = len(results.trials)
     lines = [
         f"<h1>{html.escape(results.name)}</h1>",
-        f'<p class="meta">{len(results.trials)} trials ({results.counts()}) &middot; objectives: {html.escape(goals)}'
+        f'<p class="meta">{n} trial{"s" if n != 1 else ""} ({results.counts()}) '
+        f"&middot; objectives: {html.escape(goals)}"
         + (f" &middot; storage {html.escape(results.storage)}" if results.storage else "")
         + "</p>",
     ]

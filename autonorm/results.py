@@ -37,6 +37,11 @@ METRIC_KEYS = (
 )
 
 
+#: The reason of a failed trial that recorded none: its process ended before it could (killed, or it
+#: stopped sending heartbeats and the storage failed the trial; a worker then retries it).
+STOPPED = "its process stopped without recording a reason (killed, or its heartbeats stopped)"
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial as the user sees it."""
@@ -65,7 +70,7 @@ class TrialRecord:
             value=value if value is not None and math.isfinite(value) else None,
             config=TrialConfig.model_validate(config) if config else None,
             metrics={k: t.user_attrs[k] for k in METRIC_KEYS if k in t.user_attrs},
-            reason=t.user_attrs.get("fail_reason"),
+            reason=t.user_attrs.get("fail_reason", STOPPED if t.state == TrialState.FAIL else None),
             params=dict(t.params),
             values=values,
             repeat_of=t.user_attrs.get("repeat_of"),
@@ -78,10 +83,12 @@ class TrialRecord:
 
     @property
     def counts_as_done(self) -> bool:
-        """Finished for good: completed, pruned, or failed for a recorded reason other than an interruption."""
+        """Finished for good: completed, pruned, or failed for a recorded reason other than an interruption
+        (a trial whose process stopped is retried, as an interrupted one is)."""
         if self.state in ("complete", "pruned"):
             return True
-        return self.state == "failed" and bool(self.reason) and not self.reason.startswith("interrupted")
+        retried = self.reason in (None, STOPPED) or self.reason.startswith("interrupted")
+        return self.state == "failed" and not retried
 
 
 def _last(values: dict[int, float]) -> float | None:

@@ -152,6 +152,11 @@ class SearchSettings(_Section):
             raise ValueError(f"objective: repeated metrics in {names}")
         if len(names) > 1 and self.backend != "optuna":
             raise ValueError("objective: a multi-objective search needs backend: optuna")
+        if self.workers > 1 and self.backend != "optuna":
+            raise ValueError(
+                "workers: worker processes are the Optuna backend's; on Ray, trials run side by side up to "
+                "search.ray.max_concurrent"
+            )
         return self
 
     @property

@@ -55,6 +55,7 @@ CORPUS = [
     ("negative-seed", GOOD.replace("pruner: none", "seed: -1"), (), "search.seed: Input should be greater than"),
     ("huge-seed", GOOD.replace("pruner: none", "seed: 4294967296"), (), "search.seed: Input should be less than"),
     ("zero-workers", None, ("--workers", "0"), "search.workers: Input should be greater than 0"),
+    ("workers-on-ray", GOOD.replace("pruner: none", "backend: ray"), ("--workers", "2"), "on Ray, trials run"),
 ]
 
 

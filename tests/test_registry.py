@@ -1,6 +1,7 @@
 """Discovery through real entry points: built-ins, an installed third-party package, a broken one."""
 
 import pytest
+import torch
 
 import autonorm
 from autonorm import Component, Float, Registry
@@ -162,3 +163,11 @@ def test_failure_note_keeps_each_failure_on_one_line():
     assert info.value.args[0] == (
         "unknown pooling 'avg' (known: none installed) (plugin 'bad' failed to load: ValueError: first line)"
     )
+
+
+def test_a_component_without_a_docstring_has_no_summary_rather_than_its_base_classs():
+    class Undocumented(torch.nn.Identity):
+        pass
+
+    assert Component(kind="normalization", name="u", factory=Undocumented).summary == ""
+    assert "Batch Normalization" in autonorm.get_registry().get("normalization", "batchnorm").summary

@@ -19,7 +19,7 @@ import autonorm
 from autonorm.backends.optuna import open_search_study
 from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR, interrupt_once
 from autonorm.cli import main
-from autonorm.results import TrialRecord
+from autonorm.results import STOPPED, TrialRecord
 from autonorm.storage import open_storage
 from tests.conftest import AUTONORM, write
 from tests.pg import postgres_url  # noqa: F401 - a fixture
@@ -102,6 +102,7 @@ def test_a_killed_worker_trial_is_retried_by_another_and_none_is_lost(tmp_path, 
     assert len(done) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
     killed = next(t for t in trials if t.number == victim.number)
     assert killed.state == optuna.trial.TrialState.FAIL and "fail_reason" not in killed.user_attrs
+    assert TrialRecord.from_frozen(killed).reason == STOPPED  # what results and the report show for it
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retried) == 1 and retried[0] in done and retried[0].params == victim.params
     assert not [t for t in trials if t.state.is_finished() is False]
