@@ -15,7 +15,8 @@ holds ``classes + 1`` parameters against ``features * classes + classes`` for a 
 Sizes that are not powers of two: the Sylvester Hadamard matrix of order ``n``, the smallest power of
 two holding both sizes, is cut to its first ``classes`` rows and ``features`` columns (as the
 reference code does); equivalently the features are zero-padded to ``n``. Cut rows stay exactly
-orthogonal when ``features`` is a power of two and nearly so otherwise. A Sylvester row restricted to
+orthogonal when ``features`` is a power of two; otherwise they are not (10 classes over 24 features:
+the largest |cosine| between class rows is 1/3, over 40 features 1/5). A Sylvester row restricted to
 its first ``2^k`` columns repeats with period ``2^k``, so with more classes than features some
 classes would get identical weights: the head refuses that case.
 
