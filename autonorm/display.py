@@ -131,7 +131,7 @@ def _choice(choice: Any) -> str:
 
 
 def failed_table(results: StudyResults) -> Table | None:
-    failed = [t for t in results.trials if t.state == "failed" or (t.rejected and t.repeat_of is None)]
+    failed = results.failures()
     if not failed:
         return None
     table = Table(title="failed, diverged and incompatible trials", title_justify="left", style="yellow")

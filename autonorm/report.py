@@ -57,6 +57,8 @@ def render_report(study: optuna.Study, storage: str = "") -> str:
     page = _Page()
     page.html(_header(results))
     page.section("Leaderboard", _leaderboard(results))
+    if results.failures():
+        page.section("Failed, diverged and incompatible trials", _failures(results))
     page.section("Optimization history", _history(results))
     if results.multi_objective:
         page.section("Pareto front", _pareto(results))
@@ -222,6 +224,11 @@ def _leaderboard(results: StudyResults, limit: int = 10) -> str:
             )
         )
     return _table(columns, rows)
+
+
+def _failures(results: StudyResults) -> str:
+    rows = [(str(t.number), t.config.summary() if t.config else "-", t.reason or "-") for t in results.failures()]
+    return _table(("trial", "configuration", "reason"), rows)
 
 
 def _history(results: StudyResults) -> Part:

@@ -156,6 +156,10 @@ class StudyResults:
         feasible = [t for t in self.trials if t.state == "complete" and ok(t)]
         return min(feasible, key=lambda t: (sign * t.metrics[by], t.number), default=None)
 
+    def failures(self) -> list[TrialRecord]:
+        """Failed trials and those rejected for a reason (diverged, incompatible), each configuration once."""
+        return [t for t in self.trials if t.state == "failed" or (t.rejected and t.repeat_of is None)]
+
     def leaderboard(self, limit: int | None = None) -> list[TrialRecord]:
         """Completed trials best first, then pruned ones (by their last reported value); a trial that only
         reused an earlier trial's outcome is left out, the earlier one stands for both, and so is a

@@ -3,6 +3,7 @@ choices in ``autonorm best``, the HTML report (rendered in headless Chromium) an
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -19,8 +20,10 @@ import yaml
 import autonorm
 from autonorm.cli import main
 from autonorm.data import load_data
+from autonorm.report import render_report
 from autonorm.results import StudyResults, TrialRecord, results_of
 from tests.conftest import TINY_SPACE, write
+from tests.helpers import registry_with_test_components
 
 MULTI_SPACE = """
 name: multi
@@ -335,3 +338,20 @@ def test_live_progress_shows_counts_best_and_times(tmp_path):
     assert "tiny" in final and "3/3" in final and "3 complete 0 pruned 0 failed" in final
     assert f"best val_accuracy={best:.4g}" in final
     assert re.search(r"\d:\d\d:\d\d", final)  # elapsed (and the remaining-time column) are shown
+
+
+def test_the_report_lists_failed_and_diverged_trials_with_their_reasons():
+    registry = registry_with_test_components()
+    raw = {
+        "name": "failing",
+        "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
+        "space": {"normalization": ["explode", "batchnorm"], "activation": ["raises", "relu"]},
+        "train": {"epochs": 1},
+        "search": {"trials": 6, "pruner": "none", "sampler": "random"},
+    }
+    results = autonorm.search(autonorm.load_spec(raw, registry), registry=registry)
+    failures = results.failures()
+    assert {t.state for t in failures} == {"failed", "pruned"}
+    page = render_report(optuna.load_study(study_name="failing", storage="sqlite:///failing.db"))
+    assert "<h2>Failed, diverged and incompatible trials</h2>" in page
+    assert all(html.escape(t.reason) in page for t in failures)
