@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import stats
 
 from autonorm.api import search
@@ -40,7 +40,7 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
-from autonorm.spec import SEARCHED_KINDS, SearchSpec, _locate, load_spec
+from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec
 from autonorm.trainer import fit
 from autonorm.yamlfile import read_yaml
 
@@ -65,8 +65,8 @@ class _Protocol(BaseModel):
     space: dict[str, Any] = {}
     train: dict[str, Any] = {}
     tune: dict[str, Any] = {"lr": {"loguniform": [0.01, 0.3]}}
-    trials: PositiveInt = 4
-    seeds: PositiveInt = 3
+    trials: Count = 4
+    seeds: Count = 3
     search: dict[str, Any] = {}
 
 

@@ -12,10 +12,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError, first_problem
@@ -37,6 +37,16 @@ SEARCHED_KINDS = {
 }
 
 #: Training hyperparameters: searched like a component's own, fixed to the default when omitted.
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic reads true as 1
+        raise ValueError("expected a whole number, not true or false")
+    return value
+
+
+#: A count in a file (epochs, trials, workers): a positive whole number, not ``true``.
+Count = Annotated[PositiveInt, BeforeValidator(_not_a_boolean)]
+
 TRAIN_PARAMS: dict[str, Param] = {
     "batch_size": Int(64, 8, 256, log=True, minimum=1),
     "optimizer": Choice("sgd", ("sgd", "adam", "adamw")),
@@ -67,7 +77,7 @@ class _Model(BaseModel):
 
 
 class _Train(_Section):
-    epochs: PositiveInt = 10
+    epochs: Count = 10
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
     channels_last: bool = False
@@ -98,7 +108,7 @@ class RaySettings(_Section):
     #: ``None`` starts a local Ray; ``auto`` joins the cluster of this machine; or ``host:port``, ``ray://host:port``.
     address: str | None = None
     resources_per_trial: TrialResources = TrialResources()
-    max_concurrent: PositiveInt | None = None
+    max_concurrent: Count | None = None
 
 
 #: Metrics a search may optimize, with the direction of each: accuracies up, losses and costs down.
@@ -128,7 +138,7 @@ class SearchSettings(_Section):
     """How trials are run: the ``search:`` section."""
 
     backend: Literal["optuna", "ray"] = "optuna"
-    trials: PositiveInt = 20
+    trials: Count = 20
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
     pruner: Literal["none", "median", "asha", "hyperband"] = "asha"
     #: One metric, or a list of them for a multi-objective (Pareto) search: ``[val_accuracy, latency_ms]``.
@@ -137,7 +147,7 @@ class SearchSettings(_Section):
     seed: int = Field(0, ge=0, lt=2**32)  # what NumPy's and Optuna's random generators accept
     timeout: float | None = Field(None, gt=0)
     #: Optuna backend: processes running trials side by side on this machine (they need a shared storage).
-    workers: PositiveInt = 1
+    workers: Count = 1
     #: Train a configuration the sampler proposes again (TPE often does on categorical spaces) instead
     #: of reusing the earlier trial's outcome (every backend).
     retrain_repeats: bool = False

@@ -143,3 +143,8 @@ def test_a_study_name_is_a_plain_file_name(tmp_path):
     assert "name" in error_of(tmp_path, "name: '-q'").path
     assert "name" in error_of(tmp_path, "name: '..'").path
     assert load_spec(write(tmp_path / "-q.yaml", "train: {epochs: 1}")).name == "q"
+
+
+def test_a_count_is_not_a_boolean(tmp_path):
+    err = error_of(tmp_path, "train: {epochs: true}")
+    assert err.path == "train.epochs" and err.message == "expected a whole number, not true or false (got True)"
