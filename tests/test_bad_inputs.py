@@ -114,6 +114,9 @@ def test_worker_of_an_unknown_study_names_the_known_ones(tmp_path, capsys):
     assert main(["worker", "nope", "--storage", url]) == 2
     err = capsys.readouterr().err
     assert "study: no study 'nope' in journal:" in err and "(studies there: intact)" in err
+    missing = tmp_path / "missing.log"
+    assert main(["worker", "nope", "--storage", f"journal:///{missing}"]) == 2
+    assert "no study journal at" in capsys.readouterr().err and not missing.exists()  # nothing left behind
 
 
 def test_a_postgres_password_never_appears_in_any_command_output(tmp_path, capsys, postgres_url):  # noqa: F811

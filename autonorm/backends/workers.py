@@ -99,10 +99,11 @@ def run_worker(
 
 def worker_spec(study_name: str, storage: str, registry: Registry, trials: int | None = None) -> SearchSpec:
     """The search space of an existing study, as stored by the search that created it."""
+    backend = open_storage(storage, must_exist=True)  # a worker joins a study: it never creates the file
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+        study = optuna.load_study(study_name=study_name, storage=backend)
     except KeyError:
-        names = optuna.get_all_study_names(open_storage(storage))
+        names = optuna.get_all_study_names(backend)
         raise SpecError(
             f"no study {study_name!r} in {mask_url(storage)} (studies there: {', '.join(names) or 'none'})",
             path="study",
