@@ -63,9 +63,10 @@ def train(
     >>> trained.metrics["test_accuracy"]  # doctest: +SKIP
     0.97
     """
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # before training, not after
-        raise SpecError("exists and is not a folder; give a folder for the weights, configuration and metrics",
-                        file=str(out_dir))  # fmt: skip
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():  # checked before training, not after
+        raise SpecError(
+            "exists and is not a folder; give a folder for the weights, configuration and metrics", file=str(out_dir)
+        )
     config = config if isinstance(config, TrialConfig) else TrialConfig.load(config)
     registry = registry or get_registry()
     data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed, registry)
