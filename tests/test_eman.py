@@ -157,3 +157,19 @@ def test_search_with_eman():
     )
     (trial,) = autonorm.search(spec, registry=registry).trials
     assert trial.state == "complete" and trial.config.components["training"].name == "eman"
+
+
+def test_the_teacher_is_torchs_averaged_model_with_buffers():
+    """The reference the method notes name: AveragedModel(use_buffers=True) with the EMA rule."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    model, optimizer, eman = student_and_eman(0.7)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.7), use_buffers=True)
+    reference.update_parameters(model)  # its first update copies: the teacher's start, the student at setup
+    for seed in range(4):
+        step(model, optimizer, eman, seed)
+        reference.update_parameters(model)
+    ours = eman.teacher.state_dict()
+    for key, value in reference.module.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ours[key], value, rtol=1e-6, atol=1e-7, msg=key)

@@ -95,3 +95,19 @@ def test_weight_decay_stops_on_the_constrained_weights_only(optimizer):
     assert cosine.item() == pytest.approx(1.0, abs=1e-6)
     assert model.features[0].weight.norm() < 0.9 * other.norm()  # the other weights still decay
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_the_projection_touches_the_constrained_weights_only():
+    model, optimizer, lawn = model_and_lawn(0.0)
+    steps(model, optimizer, lawn, 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # every norm off its recorded value
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    lawn.after_step(model)
+    constrained = {id(w) for w in lawn.weights}
+    for name, p in model.named_parameters():
+        if id(p) in constrained:
+            assert p.norm().item() == pytest.approx(before[name].norm().item() / 1.5)  # back to its recorded norm
+        else:
+            assert torch.equal(p, before[name]), name
