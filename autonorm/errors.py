@@ -58,7 +58,8 @@ class Diverged(Rejected):
 
 
 class Incompatible(Rejected):
-    """The chosen components rule each other out (a component's ``excludes`` or ``requires``)."""
+    """The chosen components rule each other out (a component's ``excludes`` or ``requires``), or the chosen
+    values cannot build the model (a group count that does not divide a layer's channels)."""
 
 
 def output_file(path: str | os.PathLike) -> Path:

@@ -22,7 +22,7 @@ import torch
 
 from autonorm.build import build_model, build_training_methods
 from autonorm.data import Data
-from autonorm.errors import Rejected, TrialFailed
+from autonorm.errors import Incompatible, Rejected, TrialFailed
 from autonorm.registry import Registry
 from autonorm.results import METRIC_KEYS
 from autonorm.space import sample_config
@@ -67,7 +67,10 @@ def make_objective(
             notify(hook.autonorm_trial_started, study_name=spec.name, number=trial.number, config=dumped)
             torch.manual_seed(config.seed)
             n = int(config.train["batch_size"])
-            model = build_model(config, data.x_train[:n], registry, sample_labels=data.y_train[:n])
+            try:
+                model = build_model(config, data.x_train[:n], registry, sample_labels=data.y_train[:n])
+            except ValueError as exc:  # the choices cannot make this model (8 channels in 3 groups): steer away
+                raise Incompatible(f"incompatible: {exc}") from None
             methods = build_training_methods(config, registry)
             result = fit(model, data, config.train, config.epochs, report, methods=methods)
             missing = [key for key in objectives if key not in result.metrics]

@@ -115,6 +115,16 @@ def test_an_incompatible_combination_is_recorded_as_pruned_with_its_reason(tmp_p
     assert "incompatible" in results.counts() and all(t.state == "complete" for t in results.trials if t not in clash)
 
 
+def test_values_that_cannot_build_the_model_are_recorded_as_pruned_with_the_reason():
+    """Group counts that do not divide a layer's channels: the sampler should learn to avoid them."""
+    space = {"normalization": {"groupnorm": {"groups": [3, 4]}}}
+    results = search_small_cnn("unbuildable", space, {"epochs": 1}, trials=6, sampler="random")
+    three = [t for t in results.trials if t.params["normalization.groupnorm.groups"] == 3]
+    assert three and all(t.state == "pruned" for t in three)
+    assert {t.reason for t in three} == {"incompatible: groupnorm: 8 channels cannot be split into 3 groups"}
+    assert all(t.state == "complete" for t in results.trials if t not in three)
+
+
 def test_tpe_stops_proposing_a_normalization_that_diverges(tmp_path):
     """Optuna's TPE leaves failed trials out of its model, so a choice that always diverges looks
     unexplored and keeps being proposed (recorded as failed: 12 to 19 of the 22 trials after the
