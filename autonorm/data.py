@@ -155,9 +155,10 @@ def _check_arrays(where: str, arrays: Arrays) -> None:
             raise SpecError(f"'{xs}' must hold real numbers, got dtype {x.dtype}", path=where)
         if (bad := x.size - np.count_nonzero(np.isfinite(x))) > 0:
             raise SpecError(f"'{xs}' holds {bad} NaN or infinite value(s); training on them diverges", path=where)
-        if len(y) and y.max() >= max(1000, _SPARSE_LABELS * len(np.unique(y))):
+        distinct = len(np.unique(y))
+        if len(y) and y.max() >= max(1000, _SPARSE_LABELS * distinct):
             raise SpecError(
-                f"'{ys}' has labels up to {y.max()} but {len(np.unique(y))} distinct ones: the head would have "
+                f"'{ys}' has labels up to {y.max()} but {distinct} distinct ones: the head would have "
                 f"{y.max() + 1} outputs; number the classes 0..K-1",
                 path=where,
             )

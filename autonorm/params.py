@@ -158,7 +158,7 @@ class Float:
     type_name = "number"
 
     def __post_init__(self) -> None:
-        _check_declaration(self, self.check)
+        _check_declaration(self)
 
     def check(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -190,7 +190,7 @@ class Int:
     type_name = "integer"
 
     def __post_init__(self) -> None:
-        _check_declaration(self, self.check)
+        _check_declaration(self)
 
     def check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -288,12 +288,12 @@ def _within(param: Float | Int, value: float) -> Any:
     return value
 
 
-def _check_declaration(param: Float | Int, check: Any) -> None:
+def _check_declaration(param: Float | Int) -> None:
     """A plugin's range declaration is refused when it is made, naming itself: a bad one would
     otherwise fail deep inside Optuna, or fail every trial, long after the plugin loaded."""
     try:
         for value in (param.default, param.low, param.high):
-            check(value)
+            param.check(value)
     except DomainError as exc:
         raise ValueError(f"{param!r}: {exc}") from None
     if not param.low < param.high:

@@ -36,7 +36,6 @@ SEARCHED_KINDS = {
     "training": "none",
 }
 
-#: Training hyperparameters: searched like a component's own, fixed to the default when omitted.
 
 def _not_a_boolean(value: Any) -> Any:
     if isinstance(value, bool):  # pydantic reads true as 1
@@ -47,6 +46,7 @@ def _not_a_boolean(value: Any) -> Any:
 #: A count in a file (epochs, trials, workers): a positive whole number, not ``true``.
 Count = Annotated[PositiveInt, BeforeValidator(_not_a_boolean)]
 
+#: Training hyperparameters: searched like a component's own, fixed to the default when omitted.
 TRAIN_PARAMS: dict[str, Param] = {
     "batch_size": Int(64, 8, 256, log=True, minimum=1),
     "optimizer": Choice("sgd", ("sgd", "adam", "adamw")),

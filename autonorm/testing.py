@@ -153,7 +153,10 @@ def check_component(
     if dtypes is not None:
         comp = replace(comp, dtypes=tuple(dtypes))
     if comp.kind not in CHECKED_KINDS:
-        raise SpecError(f"check-plugin checks kinds {', '.join(CHECKED_KINDS)}; {comp.name!r} is a {comp.kind}")
+        raise SpecError(
+            f"{comp.name!r} is a {comp.kind} component, which has no contract to check; "
+            f"check-plugin checks the kinds {', '.join(CHECKED_KINDS)}"
+        )
     factory = comp.bind(params)
     dependent = comp.batch_dependent if batch_dependent is None else batch_dependent
     ratio = comp.channel_ratio if channel_ratio is None else channel_ratio
