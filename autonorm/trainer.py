@@ -45,16 +45,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+def decay_groups(model: nn.Module, weight_decay: float, decay_on: str = "weights") -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups. With ``decay_on="weights"`` only tensors of two or
+    more dimensions (conv and linear weights) are decayed; normalization scales and shifts, biases and
+    the methods' per-channel or scalar parameters (FRN's tau, Proxy Norm's, a Hadamard head's scale)
+    keep their value, as in timm and Proxy Normalization's official code: decaying them pulls a
+    normalization's scale towards zero, which changes the method rather than regularizing the model.
+    ``decay_on="all"`` decays every parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if decay_on == "all":
+        return [{"params": params, "weight_decay": weight_decay}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer over :func:`decay_groups`; a group a training method adds later without its own
+    ``weight_decay`` gets ``train["weight_decay"]``."""
     lr, wd = train["lr"], train["weight_decay"]
+    groups = decay_groups(model, wd, train["weight_decay_on"])
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(
-            params, lr=lr, momentum=train["momentum"], weight_decay=wd, nesterov=train["momentum"] > 0
+            groups, lr=lr, momentum=train["momentum"], weight_decay=wd, nesterov=train["momentum"] > 0
         )
     if train["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
 
 
 def make_schedule(
@@ -79,7 +98,7 @@ def fit(
 
     ``methods`` are called at their hook points (see :class:`~autonorm.training_method.TrainingMethod`).
 
-    ``train`` holds batch_size, optimizer, lr, weight_decay, momentum, schedule, device, amp
+    ``train`` holds batch_size, optimizer, lr, weight_decay, weight_decay_on, momentum, schedule, device, amp
     (bf16 autocast on CUDA) and channels_last.
     """
     device = resolve_device(train.get("device", "auto"))

@@ -13,6 +13,7 @@ from autonorm.data import load_data
 from autonorm.trainer import fit
 from tests.helpers import registry_with_test_components
 from tests.test_build import config
+from tests.test_trainer import TRAIN
 
 
 def student_and_eman(momentum, warmup=False):
@@ -90,9 +91,7 @@ def test_the_teacher_of_a_short_trial_leaves_its_initialization(digits):
     for warmup in (True, False):
         torch.manual_seed(0)
         model = build_model(config(model="small_cnn", depth=2, width=16))
-        train = {"batch_size": 64, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9,
-                 "schedule": "cosine"}  # fmt: skip
-        scores[warmup] = fit(model, digits, train, 2, methods=[EMAN(warmup=warmup)]).metrics["val_accuracy"]
+        scores[warmup] = fit(model, digits, TRAIN, 2, methods=[EMAN(warmup=warmup)]).metrics["val_accuracy"]
     assert scores[True] > 0.8 > 0.3 > scores[False]
 
 

@@ -98,14 +98,15 @@ def test_bn_gamma_sets_every_batchnorm_scale_and_zeroes_shifts():
 
 def test_bn_gamma_scales_train_at_lr_over_c_without_weight_decay_and_follow_the_schedule():
     net = build("bn_gamma", norm="batchnorm", depth=8, width=4)
-    train = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 1e-3}
+    train = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 1e-3, "weight_decay_on": "weights"}
     opt = make_optimizer(net, train)
+    params = {id(p): p for p in net.parameters()}
     ScaleLearningRate(lr_divisor=100.0).setup(net, opt)
     scales = {id(m.weight) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     groups = {id(p): g for g in opt.param_groups for p in g["params"]}
     assert len(groups) == len(list(net.parameters()))
     for pid, group in groups.items():
-        expected = (0.001, 0.0) if pid in scales else (0.1, 1e-3)
+        expected = (0.001, 0.0) if pid in scales else (0.1, 1e-3 if params[pid].ndim >= 2 else 0.0)
         assert (group["lr"], group["weight_decay"]) == pytest.approx(expected)
     gamma = net.blocks[0].norm_act1[0].weight
     before = gamma.detach().clone()

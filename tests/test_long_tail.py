@@ -12,6 +12,7 @@ from autonorm import ComponentChoice, build_model, load_spec
 from autonorm.data import load_data
 from autonorm.trainer import evaluate, fit
 from tests.test_build import config
+from tests.test_trainer import TRAIN
 
 
 def test_exponential_profile_on_the_training_split_only():
@@ -50,7 +51,7 @@ def test_noise_images_train_inside_the_trainer_on_the_long_tail_space():
     masks = []
     original = method.add_noise
     method.add_noise = lambda x, y: masks.append(original(x, y)[1]) or (x, masks[-1])
-    train = {"batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 0, "momentum": 0.9}
+    train = {**TRAIN, "lr": 0.05, "weight_decay": 0}
     result = fit(model, data, {**train, "schedule": "cosine"}, 1, methods=[method])
     assert len(masks) == len(data.y_train) // 64 and sum(int(m.sum()) for m in masks) > 0
     assert 0 <= result.metrics["val_balanced_accuracy"] <= 1 and method.router.mask is None

@@ -10,6 +10,7 @@ from autonorm import TrialConfig, build_model
 from autonorm.build import build_training_methods
 from autonorm.data import Data
 from autonorm.trainer import fit
+from tests.test_trainer import TRAIN
 
 
 def config(shape=(3, 8, 8), norm="mimicnorm", depth=8):
@@ -125,7 +126,7 @@ def test_trainer_keeps_the_filters_centred():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, 3, 8, 8, generator=gen), torch.randint(0, 10, (48,), generator=gen)
     data = Data(x[:32], y[:32], x[32:], y[32:], x[32:], y[32:], 10)
-    train = {"batch_size": 8, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9}
+    train = {**TRAIN, "batch_size": 8}
     fit(model, data, {**train, "schedule": "constant", "device": "cpu"}, 1, methods=build_training_methods(cfg))
     convs = [m for m in model.modules() if is_centred(m)]
     assert convs and all(filter_means(c).abs().max() < 1e-6 for c in convs)

@@ -5,10 +5,18 @@ import torch
 
 from autonorm import ComponentChoice, TrainingMethod, TrialFailed, build_model
 from autonorm.data import load_data
-from autonorm.trainer import fit
+from autonorm.trainer import fit, make_optimizer
 from tests.test_build import config
 
-TRAIN = {"batch_size": 64, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "schedule": "cosine"}
+TRAIN = {
+    "batch_size": 64,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "weight_decay": 5e-4,
+    "weight_decay_on": "weights",
+    "momentum": 0.9,
+    "schedule": "cosine",
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,22 @@ def test_fit_is_reproducible(digits):
         return fit(build_model(config(model="small_cnn", depth=2, width=8)), digits, TRAIN, 1).metrics["val_loss"]
 
     assert run() == run()
+
+
+@pytest.mark.parametrize("decay_on", ["weights", "all"])
+def test_weight_decay_shrinks_conv_and_linear_weights_and_by_default_nothing_else(decay_on):
+    model = build_model(config(norm="frn", depth=8, width=8))
+    assert any(name.endswith("tau") for name, _ in model.named_parameters())
+    train = {**TRAIN, "momentum": 0.0, "weight_decay": 0.1, "weight_decay_on": decay_on}
+    optimizer = make_optimizer(model, train)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+            p.grad = torch.zeros_like(p)
+    optimizer.step()  # a zero gradient: only weight decay moves a parameter, by lr * weight_decay
+    for name, p in model.named_parameters():
+        decayed = decay_on == "all" or p.ndim >= 2  # norm scales and shifts, biases, FRN's tau: 1-D
+        assert torch.all(p == (0.99 if decayed else 1.0)), name
 
 
 def test_non_finite_loss_is_reported_as_diverged(digits):
