@@ -59,7 +59,8 @@ class Diverged(Rejected):
 
 class Incompatible(Rejected):
     """The chosen components rule each other out (a component's ``excludes`` or ``requires``), or the chosen
-    values cannot build the model (a group count that does not divide a layer's channels)."""
+    values cannot build the model (a group count that does not divide a layer's channels), or a training
+    method cannot act on the model or its optimizer (its ``setup`` raised :class:`ValueError`)."""
 
 
 def output_file(path: str | os.PathLike) -> Path:

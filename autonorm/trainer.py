@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autonorm.data import Data
-from autonorm.errors import Diverged, TrialFailed
+from autonorm.errors import Diverged, Incompatible, TrialFailed
 from autonorm.training_method import TrainingMethod
 
 #: Equal-width confidence bins of the expected calibration error (the bar width 0.05 of JEM's reliability diagrams).
@@ -120,8 +120,11 @@ def fit(
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     history: list[dict[str, float]] = []
     for method in methods:
-        method.setup_data(x, y, epochs)
-        method.setup(model, optimizer)
+        try:
+            method.setup_data(x, y, epochs)
+            method.setup(model, optimizer)
+        except ValueError as exc:  # the method cannot act on this model or optimizer: steer away, as from a build
+            raise Incompatible(f"incompatible: {exc}") from None
     # after setup, so parameter groups a method adds follow the schedule too
     scheduler = make_schedule(optimizer, train["schedule"], steps * epochs)
     if device.type == "cuda":

@@ -54,6 +54,15 @@ def with_plugins(plugin_site):
     autonorm.get_registry(refresh=True)  # after the path is restored: the fixture plugins are gone
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits split as trials see it (seed 0)."""
+    from autonorm import ComponentChoice
+    from autonorm.data import load_data
+
+    return load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
+
+
 @pytest.fixture(autouse=True)
 def workdir(tmp_path, monkeypatch) -> Path:
     """Every test runs in an empty working directory, where default study databases land."""

@@ -2,14 +2,12 @@
 
 import copy
 
-import pytest
 import torch
 import torch.nn.functional as F
 from autonorm_plugins.eman import EMAN
 
 import autonorm
-from autonorm import ComponentChoice, TrainingMethod, build_model, load_spec
-from autonorm.data import load_data
+from autonorm import TrainingMethod, build_model, load_spec
 from autonorm.trainer import fit
 from tests.helpers import registry_with_test_components
 from tests.test_build import config
@@ -24,11 +22,6 @@ def student_and_eman(momentum, warmup=False):
     eman = EMAN(momentum, warmup=warmup)
     eman.setup(model, optimizer)
     return model, optimizer, eman
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
 
 
 def step(model, optimizer, eman, seed=1):

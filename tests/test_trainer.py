@@ -19,11 +19,6 @@ TRAIN = {
 }
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
-
-
 def test_digits_split_is_fixed_and_standardized(digits):
     assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
     assert len(digits.x_train) + len(digits.x_val) + len(digits.x_test) == 1797

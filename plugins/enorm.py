@@ -1,0 +1,182 @@
+"""Equi-normalization: Stock, Graham, Gribonval & Jégou, "Equi-normalization of Neural Networks", ICLR 2019,
+arXiv:1902.10416 (official code: ``facebookresearch/enorm``, class ``ENorm``).
+
+Not a layer: a step after every SGD step that uses the rescaling symmetry of ReLU networks. Scaling
+hidden unit k's incoming weights by d_k > 0 and its outgoing weights by 1 / d_k leaves the function
+unchanged, and ENorm picks the d_k that minimize the weights' L2 norm. For each balanced hidden layer
+between a layer P (incoming) and a layer Q (outgoing), with ``in_k`` the norm of P's output filter k
+and ``out_k`` the norm of Q's weights reading channel k,
+
+    d_k = sqrt(out_k / (c * in_k)),   P[k] *= d_k,   Q[:, k] /= d_k,
+
+so that afterwards ``out_k = c * in_k``. ``c`` = 1 gives the minimum-norm parameterization; c > 1
+penalizes deep layers (the paper uses 1.1 for its fully convolutional net and 1.2 for its fully
+connected one; 1.1 here, for conv backbones). One cycle after each step, computed from the weights as they
+were before it (as the official sweep does). SGD's momentum buffers are rescaled inversely, since a
+gradient scales by 1 / d where its weight scales by d; the official code supports SGD only, and so
+does this one.
+
+Which hidden layers are balanced, decided here (the official code takes the list of weights of a plain
+feed-forward net and balances every hidden layer but the one feeding the classifier): the model is
+traced with ``torch.fx``; a hidden layer qualifies when all of a conv or linear layer P's output flows,
+through operations with no weights, into exactly one conv or linear layer Q (groups of 1, no bias on
+P) that is not the classifier (Q does not produce the model's output). Each such pair is then checked
+on a batch of training data in eval mode: the model's output must not change when P's channels and
+Q's inputs are rescaled, which holds when everything between them is positively homogeneous and
+channel-wise (ReLU, max or average pooling, flatten) and fails across a normalization, an ELU or a
+residual sum. So in a ResNet with no normalization the two convs inside each block are balanced and
+the residual stream is not (the paper's extension to ResNets is not implemented); with a
+normalization in every layer nothing qualifies, and the trial is reported as incompatible.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+import autonorm
+from autonorm import Component, Float, TrainingMethod
+
+_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _is_weight_layer(module: nn.Module) -> bool:
+    return isinstance(module, _WEIGHT_LAYERS) and getattr(module, "groups", 1) == 1
+
+
+def candidate_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(P, Q): all of P's output reaches exactly one weight layer Q through operations without weights,
+    and Q is not a classifier (its output does not reach the model's output that way)."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as exc:  # tracing runs the model's Python: any failure means "cannot tell"
+        raise ValueError(f"enorm: torch.fx cannot trace the model ({type(exc).__name__}: {exc})") from None
+    modules = dict(model.named_modules())
+
+    def weight(node: fx.Node) -> nn.Module | None:
+        if node.op == "call_module" and _is_weight_layer(modules[node.target]):
+            return modules[node.target]
+        return None
+
+    def reached(node: fx.Node) -> tuple[set[fx.Node], set[str]]:
+        """The weight layers the node's output reaches first; and "output" if it reaches the model's
+        output, "other" if it reaches a layer with weights of its own (a normalization's affine)."""
+        layers, ends, seen, todo = set(), set(), set(), list(node.users)
+        while todo:
+            user = todo.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            if weight(user) is not None:
+                layers.add(user)
+            elif user.op == "output":
+                ends.add("output")
+            elif user.op == "call_module" and any(True for _ in modules[user.target].parameters()):
+                ends.add("other")
+            else:
+                todo.extend(user.users)
+        return layers, ends
+
+    pairs = []
+    for node in graph.nodes:
+        p = weight(node)
+        if p is None or p.bias is not None:
+            continue
+        layers, ends = reached(node)
+        if len(layers) != 1 or ends:
+            continue
+        (q_node,) = layers
+        q = weight(q_node)
+        if "output" in reached(q_node)[1]:  # the classifier's inputs stay unbalanced, as in the official code
+            continue
+        channels, inputs = p.weight.shape[0], q.weight.shape[1]
+        if inputs == channels or (isinstance(q, nn.Linear) and inputs % channels == 0):
+            pairs.append((p, q))
+    return pairs
+
+
+def _by_channel(tensor: torch.Tensor, channels: int) -> torch.Tensor:
+    """Q's weights (or their momentum) as (outputs, channels, entries reading each channel): a linear
+    layer after a flatten reads each channel's positions as consecutive inputs."""
+    return tensor.view(tensor.shape[0], channels, -1)
+
+
+class ENorm(TrainingMethod):
+    """One equi-normalization cycle after every SGD step (``c``: target ratio of outgoing to incoming norm)."""
+
+    def __init__(self, c: float = 1.1) -> None:
+        self.c = c
+        self.pairs: list[tuple[nn.Module, nn.Module]] = []
+
+    def setup_data(self, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
+        self.sample = x[:64]
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError(f"enorm: needs SGD (its momentum buffers are rescaled), not {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.pairs = [pair for pair in candidate_pairs(model) if preserves_function(model, *pair, self.sample)]
+        del self.sample
+        if not self.pairs:
+            raise ValueError(
+                "enorm: no hidden layer to balance (one needs a conv or linear layer without bias whose output "
+                "reaches the next one through ReLU and pooling only: no normalization, residual sum or ELU between)"
+            )
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        balancers = [self.balancer(p, q) for p, q in self.pairs]  # all from the weights before the cycle
+        for (p, q), d in zip(self.pairs, balancers, strict=True):
+            rescale(p, q, d, self.optimizer.state)
+
+    def balancer(self, p: nn.Module, q: nn.Module) -> torch.Tensor:
+        """d_k = sqrt(out_k / (c in_k)); 1 for a dead unit (a zero norm)."""
+        incoming = p.weight.flatten(1).norm(dim=1)
+        outgoing = _by_channel(q.weight, len(incoming)).transpose(0, 1).flatten(1).norm(dim=1)
+        d = (outgoing / (self.c * incoming)).sqrt()
+        return torch.where(torch.isfinite(d) & (d > 0), d, torch.ones_like(d))
+
+
+def rescale(p: nn.Module, q: nn.Module, d: torch.Tensor, state: dict | None = None) -> None:
+    """P's output channel k times d_k and Q's inputs from channel k divided by d_k; their SGD momentum
+    buffers (in ``state``) inversely, as their gradients scale."""
+    row, column = (-1,) + (1,) * (p.weight.ndim - 1), (1, -1, 1)
+    p.weight.mul_(d.view(row))
+    _by_channel(q.weight, len(d)).div_(d.view(column))
+    buffers = state or {}
+    if (buffer := buffers.get(p.weight, {}).get("momentum_buffer")) is not None:
+        buffer.div_(d.view(row))
+    if (buffer := buffers.get(q.weight, {}).get("momentum_buffer")) is not None:
+        _by_channel(buffer, len(d)).mul_(d.view(column))
+
+
+@torch.no_grad()
+def preserves_function(model: nn.Module, p: nn.Module, q: nn.Module, x: torch.Tensor) -> bool:
+    """Whether rescaling the hidden layer between P and Q (factors in [1/2, 2]) leaves the model's
+    eval-mode output on ``x`` unchanged; the weights are restored afterwards."""
+    training, saved = model.training, (p.weight.clone(), q.weight.clone())
+    model.eval()
+    try:
+        before = model(x)
+        d = 2 ** (torch.rand(p.weight.shape[0], generator=torch.Generator().manual_seed(0)) * 2 - 1)
+        rescale(p, q, d.to(p.weight.device, p.weight.dtype))
+        after = model(x)
+    finally:
+        p.weight.copy_(saved[0])
+        q.weight.copy_(saved[1])
+        model.train(training)
+    return bool(torch.allclose(after, before, rtol=1e-4, atol=1e-5 * float(before.abs().max())))
+
+
+@autonorm.hookimpl
+def autonorm_components() -> list[Component]:
+    return [
+        Component(
+            kind="training",
+            name="enorm",
+            factory=ENorm,
+            params={"c": Float(1.1, 1.0, 1.5)},
+            requires=("normalization:none",),
+        )
+    ]
