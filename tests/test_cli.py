@@ -63,7 +63,10 @@ def test_validate_summarizes_a_comparison_protocol(cli):
     assert "5 candidates x 3 tasks" in out and "candidates: batchnorm, groupnorm" in out
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+EXAMPLES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_space_validates(path, cli):
     out, _ = cli("validate", str(path))
     assert "ok" in out
