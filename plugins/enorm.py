@@ -97,9 +97,17 @@ def candidate_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 
 def _by_channel(tensor: torch.Tensor, channels: int) -> torch.Tensor:
-    """Q's weights (or their momentum) as (outputs, channels, entries reading each channel): a linear
-    layer after a flatten reads each channel's positions as consecutive inputs."""
+    """Q's weights (or their momentum) with the inputs from each channel along dim 1: a conv's or a linear
+    layer's as they are; a linear layer after a flatten reads each channel's positions as consecutive
+    inputs, (outputs, channels, positions)."""
+    if tensor.shape[1] == channels:
+        return tensor
     return tensor.view(tensor.shape[0], channels, -1)
+
+
+def _along(dim: int, d: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``d`` shaped to broadcast along dimension ``dim`` of ``like``."""
+    return d.view([-1 if i == dim else 1 for i in range(like.ndim)])
 
 
 class ENorm(TrainingMethod):
@@ -132,8 +140,9 @@ class ENorm(TrainingMethod):
 
     def balancer(self, p: nn.Module, q: nn.Module) -> torch.Tensor:
         """d_k = sqrt(out_k / (c in_k)); 1 for a dead unit (a zero norm)."""
-        incoming = p.weight.flatten(1).norm(dim=1)
-        outgoing = _by_channel(q.weight, len(incoming)).transpose(0, 1).flatten(1).norm(dim=1)
+        incoming = torch.linalg.vector_norm(p.weight, dim=list(range(1, p.weight.ndim)))
+        columns = _by_channel(q.weight, len(incoming))
+        outgoing = torch.linalg.vector_norm(columns, dim=[i for i in range(columns.ndim) if i != 1])
         d = (outgoing / (self.c * incoming)).sqrt()
         return torch.where(torch.isfinite(d) & (d > 0), d, torch.ones_like(d))
 
@@ -141,14 +150,15 @@ class ENorm(TrainingMethod):
 def rescale(p: nn.Module, q: nn.Module, d: torch.Tensor, state: dict | None = None) -> None:
     """P's output channel k times d_k and Q's inputs from channel k divided by d_k; their SGD momentum
     buffers (in ``state``) inversely, as their gradients scale."""
-    row, column = (-1,) + (1,) * (p.weight.ndim - 1), (1, -1, 1)
-    p.weight.mul_(d.view(row))
-    _by_channel(q.weight, len(d)).div_(d.view(column))
+    columns = _by_channel(q.weight, len(d))
+    p.weight.mul_(_along(0, d, p.weight))
+    columns.div_(_along(1, d, columns))
     buffers = state or {}
     if (buffer := buffers.get(p.weight, {}).get("momentum_buffer")) is not None:
-        buffer.div_(d.view(row))
+        buffer.div_(_along(0, d, buffer))
     if (buffer := buffers.get(q.weight, {}).get("momentum_buffer")) is not None:
-        _by_channel(buffer, len(d)).mul_(d.view(column))
+        columns = _by_channel(buffer, len(d))
+        columns.mul_(_along(1, d, columns))
 
 
 @torch.no_grad()

@@ -146,3 +146,16 @@ def test_training_with_it_learns(digits):
     model = build_model(config(model="small_cnn", norm="none", depth=3, width=16))
     result = fit(model, digits, {**TRAIN, "lr": 0.05}, 2, methods=[ENorm()])
     assert result.metrics["val_accuracy"] > 0.8
+
+
+def test_weights_in_channels_last_are_rescaled_in_place():
+    model = relu_net().to(memory_format=torch.channels_last)
+    assert not model[3].weight.is_contiguous()
+    x = torch.randn(16, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    before = model(x)
+    method = enorm_on(model, x=x)
+    for _ in range(20):
+        method.after_step(model)
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+    incoming, outgoing = norms(*method.pairs[0])
+    torch.testing.assert_close(outgoing, incoming, rtol=1e-2, atol=0)
