@@ -20,7 +20,16 @@ from autonorm import ComponentChoice, TrialConfig, build_model
 from autonorm.data import load_data
 from autonorm.trainer import fit
 
-TRAIN = {"batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "momentum": 0.9, "schedule": "cosine"}
+#: weight decay on every parameter, as the hand-written loop's optimizer does
+TRAIN = {
+    "batch_size": 64,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "weight_decay": 5e-4,
+    "weight_decay_on": "all",
+    "momentum": 0.9,
+    "schedule": "cosine",
+}
 
 
 def hand_written(model, data, epochs, device):

@@ -4,8 +4,9 @@ Every method trains the same ResNet-8 (BatchNorm, same initial weights) on the d
 through autonorm's trainer, with a tiny evaluation set so that the time is the training steps'. Runs
 are interleaved over repeats (machine-load drift hits all alike); the script prints the median seconds
 per step and the ratio to plain training with the same normalization (JEM refuses batch normalization,
-so it is timed on a GroupNorm ResNet). Methods run in their active phase from the first step (noise
-images with ``start=0``, LAWN with ``warm=0``, APR on every batch) with their default settings.
+so it is timed on a GroupNorm ResNet; ENorm needs none, so it is timed on a ResNet without). Methods
+run in their active phase from the first step (noise images with ``start=0``, LAWN with ``warm=0``,
+APR on every batch) with their default settings.
 
     python benchmarks/training_methods_cost.py [--epochs 3] [--repeats 5] [--device cpu]
 """
@@ -21,6 +22,7 @@ import torch
 from autonorm_plugins.afan import AFAN
 from autonorm_plugins.amplitude_phase import AmplitudePhaseRecombination
 from autonorm_plugins.eman import EMAN
+from autonorm_plugins.enorm import ENorm
 from autonorm_plugins.jem import JEM
 from autonorm_plugins.label_smoothing import LabelSmoothing
 from autonorm_plugins.lawn import LAWN
@@ -33,7 +35,15 @@ from autonorm import ComponentChoice, TrainingMethod, TrialConfig, build_model
 from autonorm.data import load_data
 from autonorm.trainer import fit
 
-TRAIN = {"batch_size": 64, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "momentum": 0.9, "schedule": "cosine"}
+TRAIN = {
+    "batch_size": 64,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "weight_decay": 5e-4,
+    "weight_decay_on": "weights",
+    "momentum": 0.9,
+    "schedule": "cosine",
+}
 
 #: name -> (normalization of the ResNet, method); each ratio is against plain training with the same normalization.
 METHODS = {
@@ -50,6 +60,8 @@ METHODS = {
     "pwalks": ("batchnorm", PWALKS),
     "pswm": ("batchnorm", PSWM),
     "label_smoothing": ("batchnorm", LabelSmoothing),
+    "plain (no normalization)": ("none", TrainingMethod),
+    "enorm (no normalization)": ("none", ENorm),
     "plain (groupnorm)": ("groupnorm", TrainingMethod),
     "jem (groupnorm)": ("groupnorm", JEM),
 }
