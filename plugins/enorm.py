@@ -3,33 +3,39 @@ arXiv:1902.10416 (official code: ``facebookresearch/enorm``, class ``ENorm``).
 
 Not a layer: a step after every SGD step that uses the rescaling symmetry of ReLU networks. Scaling
 hidden unit k's incoming weights by d_k > 0 and its outgoing weights by 1 / d_k leaves the function
-unchanged, and ENorm picks the d_k that minimize the weights' L2 norm. For each balanced hidden layer
+unchanged; ENorm chooses the d_k to lower the weights' L2 norm. For each balanced hidden layer
 between a layer P (incoming) and a layer Q (outgoing), with ``in_k`` the norm of P's output filter k
 and ``out_k`` the norm of Q's weights reading channel k,
 
     d_k = sqrt(out_k / (c * in_k)),   P[k] *= d_k,   Q[:, k] /= d_k,
 
-so that afterwards ``out_k = c * in_k``. ``c`` = 1 gives the minimum-norm parameterization; c > 1
-penalizes deep layers (the paper uses 1.1 for its fully convolutional net and 1.2 for its fully
-connected one; 1.1 here, for conv backbones). One cycle after each step, computed from the weights as they
-were before it (as the official sweep does). SGD's momentum buffers are rescaled inversely, since a
-gradient scales by 1 / d where its weight scales by d; the official code supports SGD only, and so
-does this one.
+which makes ``out_k = c * in_k`` for that layer on its own; as a layer's rescaling changes its
+neighbours' norms, repeated cycles converge to it for every layer together (with ``c`` = 1, to the
+unique minimum-norm parameterization of the function). c > 1 penalizes deep layers (the paper uses
+1.1 for its fully convolutional net and 1.2 for its fully connected one; 1.1 here, for conv
+backbones). One cycle after each step, every d_k computed from the weights as they were before it
+(as the official sweep does); a dead unit (a zero norm) keeps d_k = 1. SGD's momentum buffers are
+rescaled inversely, since a gradient scales by 1 / d where its weight scales by d; the official code
+supports SGD only, and so does this one.
 
 Which hidden layers are balanced, decided here (the official code takes the list of weights of a plain
-feed-forward net and balances every hidden layer but the one feeding the classifier): the model is
-traced with ``torch.fx``; a hidden layer qualifies when all of a conv or linear layer P's output flows,
-through operations with no weights, into exactly one conv or linear layer Q (groups of 1, no bias on
-P) that is not the classifier (Q does not produce the model's output). Each such pair is then checked
-on a batch of training data in eval mode: the model's output must not change when P's channels and
-Q's inputs are rescaled, which holds when everything between them is positively homogeneous and
-channel-wise (ReLU, max or average pooling, flatten) and fails across a normalization, an ELU or a
-residual sum. So in a ResNet with no normalization the two convs inside each block are balanced and
-the residual stream is not (the paper's extension to ResNets is not implemented); with a
-normalization in every layer nothing qualifies, and the trial is reported as incompatible.
+feed-forward net and balances every hidden layer but the one feeding the classifier): the model's
+containers are traced with ``torch.fx`` (a module without children is one node); a hidden layer
+qualifies when all of a conv or linear layer P's output flows, through modules and operations that
+hold no parameters or buffers, into exactly one conv or linear layer Q (groups of 1, no bias on P)
+that is not the classifier (Q's output does not reach the model's output that way). Each such pair
+is then checked on a batch of training data, in eval mode and float64 on a copy of the model: the
+output must not change when P's channels and Q's inputs are rescaled, which holds when everything
+between them is positively homogeneous and channel-wise (ReLU, max or average pooling, flatten) and
+fails across an ELU or a residual sum. So in a ResNet the two convs inside each block are balanced
+and the residual stream is not (the paper's extension to ResNets is not implemented). A normalization
+between two layers ends a hidden layer's path, so the component requires ``normalization: none``; a
+model with nothing to balance (ELU everywhere) makes the trial incompatible.
 """
 
 from __future__ import annotations
+
+from copy import deepcopy
 
 import torch
 import torch.fx as fx
@@ -45,12 +51,24 @@ def _is_weight_layer(module: nn.Module) -> bool:
     return isinstance(module, _WEIGHT_LAYERS) and getattr(module, "groups", 1) == 1
 
 
+class _LeafTracer(fx.Tracer):
+    """Traces containers only: a module without children is one node, whatever Python its forward runs."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return next(module.children(), None) is None or super().is_leaf_module(module, qualified_name)
+
+
+def _has_state(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None or next(module.buffers(), None) is not None
+
+
 def candidate_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(P, Q): all of P's output reaches exactly one weight layer Q through operations without weights,
-    and Q is not a classifier (its output does not reach the model's output that way)."""
+    """(P, Q): all of P's output reaches exactly one weight layer Q through modules and operations that
+    hold no parameters or buffers, and Q is not a classifier (its output does not reach the model's
+    output that way)."""
     try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception as exc:  # tracing runs the model's Python: any failure means "cannot tell"
+        graph = _LeafTracer().trace(model)
+    except Exception as exc:  # tracing runs the containers' Python: any failure means "cannot tell"
         raise ValueError(f"enorm: torch.fx cannot trace the model ({type(exc).__name__}: {exc})") from None
     modules = dict(model.named_modules())
 
@@ -61,7 +79,7 @@ def candidate_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
     def reached(node: fx.Node) -> tuple[set[fx.Node], set[str]]:
         """The weight layers the node's output reaches first; and "output" if it reaches the model's
-        output, "other" if it reaches a layer with weights of its own (a normalization's affine)."""
+        output, "other" if it reaches another module with state (a normalization, a fixed head)."""
         layers, ends, seen, todo = set(), set(), set(), list(node.users)
         while todo:
             user = todo.pop()
@@ -72,7 +90,7 @@ def candidate_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
                 layers.add(user)
             elif user.op == "output":
                 ends.add("output")
-            elif user.op == "call_module" and any(True for _ in modules[user.target].parameters()):
+            elif user.op == "call_module" and _has_state(modules[user.target]):
                 ends.add("other")
             else:
                 todo.extend(user.users)
@@ -164,19 +182,15 @@ def rescale(p: nn.Module, q: nn.Module, d: torch.Tensor, state: dict | None = No
 @torch.no_grad()
 def preserves_function(model: nn.Module, p: nn.Module, q: nn.Module, x: torch.Tensor) -> bool:
     """Whether rescaling the hidden layer between P and Q (factors in [1/2, 2]) leaves the model's
-    eval-mode output on ``x`` unchanged; the weights are restored afterwards."""
-    training, saved = model.training, (p.weight.clone(), q.weight.clone())
-    model.eval()
-    try:
-        before = model(x)
-        d = 2 ** (torch.rand(p.weight.shape[0], generator=torch.Generator().manual_seed(0)) * 2 - 1)
-        rescale(p, q, d.to(p.weight.device, p.weight.dtype))
-        after = model(x)
-    finally:
-        p.weight.copy_(saved[0])
-        q.weight.copy_(saved[1])
-        model.train(training)
-    return bool(torch.allclose(after, before, rtol=1e-4, atol=1e-5 * float(before.abs().max())))
+    output on ``x`` unchanged, in eval mode and in float64 on a copy: in float32 (TF32 on a GPU) the
+    rounding alone can exceed a tight tolerance, and a non-homogeneous operation changes far more."""
+    names = {module: name for name, module in model.named_modules()}
+    copy = deepcopy(model).to(torch.float64).eval()
+    x = x.to(torch.float64)
+    before = copy(x)
+    d = 2 ** (torch.rand(p.weight.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1)
+    rescale(copy.get_submodule(names[p]), copy.get_submodule(names[q]), d.to(x.device))
+    return bool(torch.allclose(copy(x), before, rtol=1e-9, atol=1e-9 * float(before.abs().max())))
 
 
 @autonorm.hookimpl

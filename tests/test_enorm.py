@@ -5,7 +5,7 @@ import torch
 from autonorm_plugins.enorm import ENorm, candidate_pairs
 from torch import nn
 
-from autonorm import build_model
+from autonorm import ComponentChoice, build_model
 from autonorm.errors import Incompatible
 from autonorm.trainer import fit
 from tests.test_build import config
@@ -52,10 +52,41 @@ def test_the_hidden_layers_are_balanced_and_the_classifiers_inputs_are_not():
     model = relu_net()
     assert candidate_pairs(model) == [(model[0], model[3]), (model[3], model[6])]
     head = model[8].weight.clone()
+    first = model[0].weight.clone()
     method = enorm_on(model)
     for _ in range(5):
         method.after_step(model)
     assert torch.equal(model[8].weight, head)
+    # the first layer's inputs are not a hidden layer: each of its filters is only scaled as a whole
+    ratio = (model[0].weight / first).flatten(1)
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+
+
+def test_one_cycle_computes_every_factor_from_the_weights_before_it():
+    model = relu_net()
+    conv0, conv3, linear6 = (model[i].weight.detach().clone() for i in (0, 3, 6))
+    c = 1.1
+    norm = torch.linalg.vector_norm
+    d1 = (norm(conv3, dim=(0, 2, 3)) / (c * norm(conv0, dim=(1, 2, 3)))).sqrt()  # the hidden layer after conv 0
+    d2 = (norm(linear6.view(12, 6, 16), dim=(0, 2)) / (c * norm(conv3, dim=(1, 2, 3)))).sqrt()  # after conv 3
+    enorm_on(model, c).after_step(model)
+    torch.testing.assert_close(model[0].weight, conv0 * d1.view(-1, 1, 1, 1))
+    torch.testing.assert_close(model[3].weight, conv3 * d2.view(-1, 1, 1, 1) / d1.view(1, -1, 1, 1))
+    torch.testing.assert_close(model[6].weight, (linear6.view(12, 6, 16) / d2.view(1, -1, 1)).view(12, 96))
+
+
+def test_a_dead_unit_is_left_as_it_is():
+    model = relu_net()
+    with torch.no_grad():
+        model[0].weight[2] = 0
+    x = torch.randn(8, 3, 8, 8)
+    before = model(x)
+    method = enorm_on(model)
+    d = method.balancer(*method.pairs[0])
+    assert d[2] == 1 and torch.all(d[[0, 1, 3]] != 1)
+    method.after_step(model)
+    assert all(torch.all(torch.isfinite(m.weight)) for m in (model[0], model[3], model[6]))
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("c", [1.0, 1.2])
@@ -125,6 +156,29 @@ def test_a_resnet_without_normalization_balances_inside_its_blocks_only():
     before = model(x)
     method.after_step(model)
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("head", "pool", "down", "pairs"),
+    [
+        ("linear", "avg", "strided_conv", 2),
+        ("hadamard", "max", "strided_conv", 2),  # a fixed head: the last conv feeds it, the one before is balanced
+        ("class_centre", "avg", "strided_conv", 2),
+        ("linear", "logavgexp", "logavgexp", 1),  # the conv before a learned pooling is not balanced across it
+    ],
+)
+def test_heads_and_poolings_of_the_registry_keep_the_function(head, pool, down, pairs):
+    cfg = config(model="small_cnn", norm="none", pool=pool, depth=3, width=8)
+    cfg.components["head"].name, cfg.components["downsampling"] = head, ComponentChoice(name=down)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = torch.randn(16, 1, 8, 8)
+    method = enorm_on(model, c=1.1, x=x)
+    assert len(method.pairs) == pairs
+    before = model(x)
+    for _ in range(10):
+        method.after_step(model)
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
