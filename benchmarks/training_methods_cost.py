@@ -60,8 +60,8 @@ METHODS = {
     "pwalks": ("batchnorm", PWALKS),
     "pswm": ("batchnorm", PSWM),
     "label_smoothing": ("batchnorm", LabelSmoothing),
-    "plain (no normalization)": ("none", TrainingMethod),
-    "enorm (no normalization)": ("none", ENorm),
+    "plain (none)": ("none", TrainingMethod),
+    "enorm (none)": ("none", ENorm),
     "plain (groupnorm)": ("groupnorm", TrainingMethod),
     "jem (groupnorm)": ("groupnorm", JEM),
 }
