@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from autonorm.errors import SpecError, first_problem
 from autonorm.yamlfile import read_yaml
@@ -40,6 +40,15 @@ class TrialConfig(BaseModel):
     seed: int = 0
     #: seed of the train/validation/test split (the search's ``search.seed``), so the test split stays held out
     data_seed: int = 0
+
+    @field_validator("train")
+    @classmethod
+    def _decayed_everything_before(cls, train: dict[str, Any]) -> dict[str, Any]:
+        """A configuration written before ``weight_decay_on`` existed was trained with weight decay on
+        every parameter; it keeps meaning that (retrained by ``autonorm train``, shown by ``best``)."""
+        if "weight_decay" in train and "weight_decay_on" not in train:
+            return {**train, "weight_decay_on": "all"}
+        return train
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

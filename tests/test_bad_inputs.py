@@ -270,6 +270,7 @@ EDITED_CONFIGS = [
     ("epochs", 0, "epochs: expected at least 1 epoch, got 0"),
     ("train.lr", "fast", "train.lr: expected a finite number, got 'fast'"),
     ("train.batch_size", -16, "train.batch_size: expected at least 1, got -16"),
+    ("train.weight_decay_on", "biases", "train.weight_decay_on: expected one of ['weights', 'all'], got 'biases'"),
     ("model.params.foo", 1, "model.params.foo: unknown hyperparameter of small_cnn 'foo'"),
     ("num_classes", 3, "num_classes: 3 does not match the data's 10"),
 ]

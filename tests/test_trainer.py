@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from autonorm import ComponentChoice, TrainingMethod, TrialFailed, build_model
+from autonorm import ComponentChoice, TrainingMethod, TrialConfig, TrialFailed, build_model
 from autonorm.data import load_data
 from autonorm.trainer import fit, make_optimizer
 from tests.test_build import config
@@ -79,6 +79,13 @@ def test_weight_decay_shrinks_conv_and_linear_weights_and_by_default_nothing_els
     for name, p in model.named_parameters():
         decayed = decay_on == "all" or p.ndim >= 2  # norm scales and shifts, biases, FRN's tau: 1-D
         assert torch.all(p == (0.99 if decayed else 1.0)), name
+
+
+def test_a_configuration_from_before_weight_decay_on_keeps_decaying_every_parameter():
+    old = config().model_dump(mode="json")
+    old["train"] = {k: v for k, v in TRAIN.items() if k != "weight_decay_on"}
+    assert TrialConfig.load(old).train["weight_decay_on"] == "all"
+    assert TrialConfig.load({**old, "train": TRAIN}).train["weight_decay_on"] == "weights"
 
 
 def test_non_finite_loss_is_reported_as_diverged(digits):
