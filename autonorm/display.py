@@ -89,7 +89,7 @@ def pareto_table(results: StudyResults) -> Table:
     for column in ("trial", *results.objectives, "configuration"):
         table.add_column(column, justify="right" if column != "configuration" else "left", overflow="fold")
     for t in results.pareto_front:
-        table.add_row(str(t.number), *(_fmt(v) for v in t.values), t.config.summary() if t.config else "-")
+        table.add_row(str(t.number), *(_fmt(v) for v in t.values), t.summary or "-")
     return table
 
 
@@ -103,7 +103,7 @@ def trial_json(record: TrialRecord, objectives: list[str]) -> str:
             "value": record.value,
             "values": values,
             "reason": record.reason,
-            "summary": record.config.summary() if record.config else None,
+            "summary": record.summary,
             "config": record.config.model_dump(mode="json") if record.config else None,
             "metrics": record.metrics,
         }
@@ -139,7 +139,7 @@ def failed_table(results: StudyResults) -> Table | None:
     table.add_column("configuration")
     table.add_column("reason", overflow="fold")
     for t in failed:
-        table.add_row(str(t.number), t.config.summary() if t.config else "-", t.reason or "-")
+        table.add_row(str(t.number), t.summary or "-", t.reason or "-")
     return table
 
 

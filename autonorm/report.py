@@ -162,7 +162,7 @@ def _note(text: str) -> str:
 
 
 def _label(t: TrialRecord) -> str:
-    return f"#{t.number} {t.config.summary()}" if t.config else f"#{t.number}"
+    return f"#{t.number} {t.summary}" if t.summary else f"#{t.number}"
 
 
 def _fmt(value: float | None) -> str:
@@ -220,14 +220,14 @@ def _leaderboard(results: StudyResults, limit: int = 10) -> str:
                 t.state,
                 *(_fmt(v) for v in values),
                 *(_fmt(t.metrics.get(m)) for m in metrics),
-                t.config.summary() if t.config else "-",
+                t.summary or "-",
             )
         )
     return _table(columns, rows)
 
 
 def _failures(results: StudyResults) -> str:
-    rows = [(str(t.number), t.config.summary() if t.config else "-", t.reason or "-") for t in results.failures()]
+    rows = [(str(t.number), t.summary or "-", t.reason or "-") for t in results.failures()]
     return _table(("trial", "configuration", "reason"), rows)
 
 

@@ -77,6 +77,15 @@ class TrialRecord:
         )
 
     @property
+    def summary(self) -> str | None:
+        """The configuration's one-liner; for a trial rejected before it had one (incompatible choices),
+        the components it had chosen; None when it has neither."""
+        if self.config is not None:
+            return self.config.summary()
+        chosen = [v for v in self.params.values() if isinstance(v, str)]
+        return " | ".join(chosen) if chosen else None
+
+    @property
     def rejected(self) -> bool:
         """Pruned for a reason (it diverged, or its components rule each other out), not for its score."""
         return self.state == "pruned" and self.reason is not None
