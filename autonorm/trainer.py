@@ -147,6 +147,8 @@ def fit(
                     loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for method in methods:
+                method.after_backward(model)
             optimizer.step()
             scheduler.step()
             for method in methods:

@@ -30,6 +30,10 @@ class TrainingMethod:
         """Compute the training loss; None leaves it to the next method or to cross-entropy on ``model(x)``."""
         return None
 
+    def after_backward(self, model: nn.Module) -> None:
+        """After every backward pass, before the optimizer step: the gradients may be changed here (a
+        penalty applied through its subgradient)."""
+
     def after_step(self, model: nn.Module) -> None:
         """After every optimizer step."""
 

@@ -102,7 +102,8 @@ class Recorder(TrainingMethod):
     """Counts the hook calls and replaces the loss by a constant one."""
 
     def __init__(self):
-        self.calls = {"setup": 0, "batch": 0, "step": 0, "epochs": []}
+        self.calls = {"setup": 0, "batch": 0, "backward": 0, "step": 0, "epochs": []}
+        self.gradient_seen = False
 
     def setup(self, model, optimizer):
         self.calls["setup"] += 1
@@ -114,6 +115,11 @@ class Recorder(TrainingMethod):
     def loss(self, model, x, y):
         assert len(x) == 63  # sees the transformed batch
         return model(x).sum() * 0 + 5.0
+
+    def after_backward(self, model):
+        self.calls["backward"] += 1
+        assert self.calls["backward"] == self.calls["step"] + 1  # before this step's optimizer step
+        self.gradient_seen |= all(p.grad is not None for p in model.parameters())
 
     def after_step(self, model):
         self.calls["step"] += 1
@@ -127,5 +133,6 @@ def test_training_methods_are_called_at_their_points(digits):
     model = build_model(config(model="small_cnn", depth=1, width=4))
     result = fit(model, digits, TRAIN, 2, methods=[recorder])
     steps = 2 * (len(digits.x_train) // 64)
-    assert recorder.calls == {"setup": 1, "batch": steps, "step": steps, "epochs": [0, 1]}
+    assert recorder.calls == {"setup": 1, "batch": steps, "backward": steps, "step": steps, "epochs": [0, 1]}
+    assert recorder.gradient_seen
     assert result.metrics["train_loss"] == 5.0
