@@ -29,6 +29,7 @@ from autonorm_plugins.lawn import LAWN
 from autonorm_plugins.noise_images import PureNoiseImages
 from autonorm_plugins.periodic_averaging import PSWA, PSWM, PWALKS
 from autonorm_plugins.sgt import SoftmaxGradientTampering
+from autonorm_plugins.slimming import NetworkSlimming
 from autonorm_plugins.stochastic_depth import StochasticDepth
 
 from autonorm import ComponentChoice, TrainingMethod, TrialConfig, build_model
@@ -60,6 +61,7 @@ METHODS = {
     "pwalks": ("batchnorm", PWALKS),
     "pswm": ("batchnorm", PSWM),
     "label_smoothing": ("batchnorm", LabelSmoothing),
+    "slimming": ("batchnorm", NetworkSlimming),
     "plain (none)": ("none", TrainingMethod),
     "enorm (none)": ("none", ENorm),
     "plain (groupnorm)": ("groupnorm", TrainingMethod),
