@@ -131,15 +131,15 @@ def _choice(choice: Any) -> str:
 
 
 def failed_table(results: StudyResults) -> Table | None:
-    failed = results.failures()
-    if not failed:
+    groups = results.failure_groups()
+    if not groups:
         return None
     table = Table(title="failed, diverged and incompatible trials", title_justify="left", style="yellow")
     table.add_column("trial", justify="right")
     table.add_column("configuration")
     table.add_column("reason", overflow="fold")
-    for t in failed:
-        table.add_row(str(t.number), t.summary or "-", t.reason or "-")
+    for numbers, summary, reason in groups:
+        table.add_row(", ".join(map(str, numbers)), summary or "-", reason or "-")
     return table
 
 

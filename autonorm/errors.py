@@ -60,7 +60,14 @@ class Diverged(Rejected):
 class Incompatible(Rejected):
     """The chosen components rule each other out (a component's ``excludes`` or ``requires``), or the chosen
     values cannot build the model (a group count that does not divide a layer's channels), or a training
-    method cannot act on the model or its optimizer (its ``setup`` raised :class:`ValueError`)."""
+    method cannot act on the model or its optimizer (its ``setup`` raised :class:`ValueError`).
+
+    ``summary`` is the one-line configuration when the trial is rejected before it has one (the chosen
+    components rule each other out), so that tables can show what was chosen."""
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def output_file(path: str | os.PathLike) -> Path:

@@ -94,6 +94,8 @@ def make_objective(
             raise
         except TrialFailed as exc:
             reason = str(exc)
+            if isinstance(exc, Incompatible) and exc.summary:
+                trial.set_user_attr("summary", exc.summary)
             if isinstance(exc, Rejected) and prunable:  # Optuna prunes single-objective studies only
                 trial.set_user_attr("fail_reason", reason)
                 finish("pruned", {"reason": reason})

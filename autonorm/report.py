@@ -227,7 +227,7 @@ def _leaderboard(results: StudyResults, limit: int = 10) -> str:
 
 
 def _failures(results: StudyResults) -> str:
-    rows = [(str(t.number), t.summary or "-", t.reason or "-") for t in results.failures()]
+    rows = [(", ".join(map(str, n)), summary or "-", reason or "-") for n, summary, reason in results.failure_groups()]
     return _table(("trial", "configuration", "reason"), rows)
 
 

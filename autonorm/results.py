@@ -58,6 +58,8 @@ class TrialRecord:
     values: tuple[float, ...] = ()
     #: The earlier trial whose outcome this one reused (the same configuration proposed again), or None.
     repeat_of: int | None = None
+    #: The one-liner of the components a trial chose when it was rejected before it had a configuration.
+    chosen: str | None = None
 
     @classmethod
     def from_frozen(cls, t: FrozenTrial) -> TrialRecord:
@@ -74,16 +76,13 @@ class TrialRecord:
             params=dict(t.params),
             values=values,
             repeat_of=t.user_attrs.get("repeat_of"),
+            chosen=t.user_attrs.get("summary"),
         )
 
     @property
     def summary(self) -> str | None:
-        """The configuration's one-liner; for a trial rejected before it had one (incompatible choices),
-        the components it had chosen; None when it has neither."""
-        if self.config is not None:
-            return self.config.summary()
-        chosen = [v for v in self.params.values() if isinstance(v, str)]
-        return " | ".join(chosen) if chosen else None
+        """The configuration's one-liner (for a trial rejected before it had one, the components it chose)."""
+        return self.config.summary() if self.config is not None else self.chosen
 
     @property
     def rejected(self) -> bool:
@@ -168,6 +167,14 @@ class StudyResults:
     def failures(self) -> list[TrialRecord]:
         """Failed trials and those rejected for a reason (diverged, incompatible), each configuration once."""
         return [t for t in self.trials if t.state == "failed" or (t.rejected and t.repeat_of is None)]
+
+    def failure_groups(self) -> list[tuple[list[int], str | None, str | None]]:
+        """The failures as (trial numbers, configuration one-liner, reason), trials that chose the same
+        components and failed for the same reason together (incompatible choices proposed again)."""
+        groups: dict[tuple[str | None, str | None], list[int]] = {}
+        for t in self.failures():
+            groups.setdefault((t.summary, t.reason), []).append(t.number)
+        return [(numbers, summary, reason) for (summary, reason), numbers in groups.items()]
 
     def leaderboard(self, limit: int | None = None) -> list[TrialRecord]:
         """Completed trials best first, then pruned ones (by their last reported value); a trial that only

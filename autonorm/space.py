@@ -70,15 +70,17 @@ def searched_domains(spec: SearchSpec) -> dict[str, tuple[Domain, str]]:
 
 
 def check_compatible(chosen: dict[str, Any]) -> None:
-    """Raise :class:`Incompatible` if a chosen component excludes, or lacks, another chosen one."""
+    """Raise :class:`Incompatible` if a chosen component excludes, or lacks, another chosen one (``chosen``:
+    the model, then a component per kind)."""
     names = {kind: comp.name for kind, comp in chosen.items()}
+    summary = " | ".join(names.values())
     for comp in chosen.values():
         for rule in comp.excludes:
             kind, _, name = rule.partition(":")
             if name and names.get(kind) == name:
-                raise Incompatible(f"incompatible: {comp.kind} {comp.name} excludes {kind} {name}")
+                raise Incompatible(f"incompatible: {comp.kind} {comp.name} excludes {kind} {name}", summary)
         for rule in comp.requires:
             kind, _, name = rule.partition(":")
             missing = names.get(kind) != name if name else kind not in names
             if missing:
-                raise Incompatible(f"incompatible: {comp.kind} {comp.name} requires {rule}")
+                raise Incompatible(f"incompatible: {comp.kind} {comp.name} requires {rule}", summary)
