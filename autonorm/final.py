@@ -26,9 +26,10 @@ from torch import nn
 from autonorm.build import build_model, build_training_methods
 from autonorm.config import TrialConfig
 from autonorm.data import Data, load_data
-from autonorm.errors import SpecError
+from autonorm.errors import Incompatible, SpecError, TrialFailed
 from autonorm.params import DomainError
 from autonorm.registry import METHOD_KINDS, Registry, get_registry
+from autonorm.space import check_compatible
 from autonorm.spec import TRAIN_PARAMS
 from autonorm.trainer import fit
 
@@ -67,8 +68,17 @@ def train(
         raise SpecError(
             "exists and is not a folder; give a folder for the weights, configuration and metrics", file=str(out_dir)
         )
+    source = str(config) if isinstance(config, (str, os.PathLike)) else None
     config = config if isinstance(config, TrialConfig) else TrialConfig.load(config)
-    registry = registry or get_registry()
+    try:
+        return _train(config, Path(out_dir), registry or get_registry())
+    except SpecError as exc:  # a key of the configuration file: name the file too
+        if source and exc.path and not exc.file:
+            exc.file = source
+        raise
+
+
+def _train(config: TrialConfig, out: Path, registry: Registry) -> TrainedModel:
     data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed, registry)
     if len(data.x_test) == 0:
         raise SpecError("no test split to score the final model on: use test_fraction > 0", path="data.test_fraction")
@@ -83,6 +93,7 @@ def train(
     )
 
     _check_fits(config, data)
+    _check_compatible(config, registry)
     torch.manual_seed(config.seed)
     n = int(config.train["batch_size"])
     try:
@@ -90,14 +101,16 @@ def train(
     except (ValueError, TypeError) as exc:  # e.g. a hand-edited group count the channels cannot take
         raise SpecError(f"cannot build this configuration: {exc}", path="components") from None
     methods = build_training_methods(config, registry)
-    result = fit(model, full, config.train, config.epochs, methods=methods)
+    try:
+        result = fit(model, full, config.train, config.epochs, methods=methods)
+    except TrialFailed as exc:  # diverged, incompatible, no CUDA: what a search records as the trial's reason
+        raise SpecError(f"cannot train this configuration: {exc}") from None
     evaluated = model
     for method in methods:
         evaluated = method.eval_model(evaluated)
     final = _same_architecture(evaluated, model).cpu().eval()
 
     metrics = {("test_" + key[4:] if key.startswith("val_") else key): v for key, v in result.metrics.items()}
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in final.state_dict().items()}
     torch.save(state, out / WEIGHTS_FILE)
@@ -170,11 +183,26 @@ def _check_fits(config: TrialConfig, data: Data) -> None:
             raise SpecError(f"{getattr(config, key)} does not match the data's {value}", path=key)
 
 
+def _check_compatible(config: TrialConfig, registry: Registry) -> None:
+    """The components of a hand-edited configuration must not rule each other out, as in a search."""
+    try:
+        chosen = {"model": registry.get("model", config.model.name)}
+        chosen |= {kind: registry.get(kind, c.name) for kind, c in config.components.items()}
+    except KeyError:  # an unknown name: build_model names it
+        return
+    try:
+        check_compatible(chosen)
+    except Incompatible as exc:
+        raise SpecError(str(exc), path="components") from None
+
+
 def _check_reload(final: nn.Module, reloaded: nn.Module, x: torch.Tensor, config: TrialConfig) -> None:
     """The saved files must rebuild the model that was scored: a training method that changes the
-    model beyond its weights (a test-time scale held outside them) would make them describe another."""
+    model beyond its weights (a test-time scale held outside them) would make them describe another.
+    Up to rounding: a model trained in channels_last is scored in that layout and saved contiguous."""
     with torch.no_grad():
-        differ = not torch.equal(final(x), reloaded(x))
+        scored, rebuilt = final(x), reloaded(x)
+        differ = not torch.allclose(rebuilt, scored, rtol=1e-4, atol=1e-5 * max(1.0, float(scored.abs().max())))
     if differ:
         methods = ", ".join(c.name for kind, c in config.components.items() if kind in METHOD_KINDS)
         raise SpecError(

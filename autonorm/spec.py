@@ -52,7 +52,7 @@ TRAIN_PARAMS: dict[str, Param] = {
     "optimizer": Choice("sgd", ("sgd", "adam", "adamw")),
     "lr": Float(0.05, 1e-3, 0.5, log=True, minimum=0),
     "weight_decay": Float(5e-4, 1e-6, 1e-2, log=True, minimum=0),
-    # "weights": conv and linear weights only (not normalization scales, biases, methods' parameters)
+    # "weights": tensors of 2+ dimensions only (not normalization scales, biases, methods' 1-D parameters)
     "weight_decay_on": Choice("weights", ("weights", "all")),
     "momentum": Float(0.9, 0.0, 0.99, minimum=0, maximum=1),
     "schedule": Choice("cosine", ("cosine", "constant")),

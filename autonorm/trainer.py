@@ -47,11 +47,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def decay_groups(model: nn.Module, weight_decay: float, decay_on: str = "weights") -> list[dict[str, Any]]:
     """The trainable parameters as optimizer groups. With ``decay_on="weights"`` only tensors of two or
-    more dimensions (conv and linear weights) are decayed; normalization scales and shifts, biases and
-    the methods' per-channel or scalar parameters (FRN's tau, Proxy Norm's, a Hadamard head's scale)
-    keep their value, as in timm and Proxy Normalization's official code: decaying them pulls a
-    normalization's scale towards zero, which changes the method rather than regularizing the model.
-    ``decay_on="all"`` decays every parameter."""
+    more dimensions (conv and linear weights, a head's class centres) are decayed; normalization scales
+    and shifts, biases and the methods' per-channel or scalar parameters (FRN's tau, Proxy Norm's, a
+    Hadamard head's scale) keep their value, as in timm and Proxy Normalization's official code:
+    decaying them pulls a normalization's scale towards zero, which changes the method rather than
+    regularizing the model. ``decay_on="all"`` decays every parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
     if decay_on == "all":
         return [{"params": params, "weight_decay": weight_decay}]

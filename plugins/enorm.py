@@ -200,7 +200,7 @@ def autonorm_components() -> list[Component]:
             kind="training",
             name="enorm",
             factory=ENorm,
-            params={"c": Float(1.1, 1.0, 1.5)},
+            params={"c": Float(1.1, 1.0, 1.5, minimum=1.0)},  # the official README: c equal to or slightly above 1
             requires=("normalization:none",),
         )
     ]

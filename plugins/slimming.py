@@ -16,7 +16,10 @@ trial reports stays the unpruned one). The official code zeroes their gradients 
 with a fresh optimizer; here the optimizer's momentum carries over, so they are set to 0 again after
 every step. As in the official code,
 the threshold is the |gamma| at position int(prune * channels) of the sorted scales, and every channel
-at or below it is pruned. ``prune`` = 0 (the default) is sparsity training alone. It acts on every
+at or below it is pruned, except that each layer keeps its channel of largest |gamma| (decided here:
+the official mask implementation lets a whole layer go, which in a network without shortcuts cuts the
+path from input to output and leaves a constant classifier). ``prune`` = 0 (the default) is sparsity
+training alone. It acts on every
 batch-normalization layer with an affine scale; a model without one makes the trial incompatible.
 """
 
@@ -72,13 +75,15 @@ class NetworkSlimming(TrainingMethod):
 
 @torch.no_grad()
 def prune_channels(norms: list[nn.modules.batchnorm._BatchNorm], fraction: float) -> list[torch.Tensor]:
-    """Zero the scale and shift of every channel whose |gamma| is at or below the global threshold; the
-    masks of the channels kept."""
+    """Zero the scale and shift of every channel whose |gamma| is at or below the global threshold, but
+    keep each layer's largest; the masks of the channels kept."""
     scales = torch.cat([norm.weight.abs().flatten() for norm in norms])
     threshold = scales.sort().values[min(int(len(scales) * fraction), len(scales) - 1)]
     masks = []
     for norm in norms:
         mask = (norm.weight.abs() > threshold).to(norm.weight.dtype)
+        if not mask.any():  # a layer left without channels would cut the network: keep its largest scale
+            mask[norm.weight.abs().argmax()] = 1
         norm.weight.mul_(mask)
         if norm.bias is not None:
             norm.bias.mul_(mask)

@@ -273,10 +273,16 @@ EDITED_CONFIGS = [
     ("train.weight_decay_on", "biases", "train.weight_decay_on: expected one of ['weights', 'all'], got 'biases'"),
     ("model.params.foo", 1, "model.params.foo: unknown hyperparameter of small_cnn 'foo'"),
     ("num_classes", 3, "num_classes: 3 does not match the data's 10"),
+    ("components.training", {"name": "enorm"}, "components: incompatible: training enorm requires normalization:none"),
+    (
+        "components.training",
+        {"name": "slimming"},
+        "cannot train this configuration: incompatible: slimming: the model has no batch normalization",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "message"), EDITED_CONFIGS, ids=[c[0] for c in EDITED_CONFIGS])
+@pytest.mark.parametrize(("key", "value", "message"), EDITED_CONFIGS, ids=[f"{c[0]}={c[1]}" for c in EDITED_CONFIGS])
 def test_train_on_a_hand_edited_configuration_is_a_clear_error_before_training(
     trained, tmp_path, capsys, key, value, message
 ):
@@ -286,6 +292,8 @@ def test_train_on_a_hand_edited_configuration_is_a_clear_error_before_training(
     assert main(["train", str(tmp_path / "best.yaml"), "-o", str(tmp_path / "out")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: ") and message in err, err
+    if message.startswith(key.split(".")[0]):  # an error at a key names the file too
+        assert err.startswith(f"error: {tmp_path / 'best.yaml'}: "), err
     assert not (tmp_path / "out" / "model.pt").exists()
 
 

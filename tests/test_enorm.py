@@ -5,7 +5,7 @@ import torch
 from autonorm_plugins.enorm import ENorm, candidate_pairs
 from torch import nn
 
-from autonorm import ComponentChoice, build_model
+from autonorm import ComponentChoice, SpecError, build_model, load_spec
 from autonorm.errors import Incompatible
 from autonorm.trainer import fit
 from tests.test_build import config
@@ -213,3 +213,9 @@ def test_weights_in_channels_last_are_rescaled_in_place():
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
     incoming, outgoing = norms(*method.pairs[0])
     torch.testing.assert_close(outgoing, incoming, rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("c", [0, -1, {"uniform": [0, 2]}])
+def test_c_below_one_is_refused_when_the_file_is_read(c):
+    with pytest.raises(SpecError, match=r"space.training.enorm.c: expected at least 1.0, got 0|got -1"):
+        load_spec({"space": {"normalization": ["none"], "training": {"enorm": {"c": c}}}})

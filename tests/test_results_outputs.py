@@ -313,6 +313,17 @@ def test_python_train_outputs_match_the_reloaded_model(multi_study, tmp_path):
         assert not torch.equal(fresh(x), trained.model(x))  # the weights, not the build, make the outputs
 
 
+def test_a_model_trained_channels_last_is_saved_and_reloads(multi_study, tmp_path):
+    """Scored in channels_last, saved contiguous: the two layouts round differently (about 1e-7)."""
+    _, storage = multi_study
+    config = autonorm.load_study("multi", storage).best.config
+    config = config.model_copy(update={"train": {**config.train, "channels_last": True}, "epochs": 1})
+    trained = autonorm.train(config, tmp_path / "out")
+    x = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed).x_test[:64]
+    with torch.no_grad():
+        torch.testing.assert_close(autonorm.load_trained(tmp_path / "out")(x), trained.model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_train_needs_a_test_split(multi_study, tmp_path, cli):
     _, storage = multi_study
     config = autonorm.load_study("multi", storage).best.config.model_copy(update={"test_fraction": 0.0})

@@ -70,6 +70,15 @@ def test_pruning_uses_one_threshold_over_all_layers_as_the_official_code():
     assert norms[1].bias.tolist() == pytest.approx([0, 0, 0.3])
 
 
+def test_a_layer_the_threshold_would_empty_keeps_its_largest_channel():
+    norms = [nn.BatchNorm2d(3), nn.BatchNorm2d(3)]
+    with torch.no_grad():
+        norms[0].weight.copy_(torch.tensor([0.01, -0.03, 0.02]))
+        norms[1].weight.copy_(torch.tensor([0.5, 0.6, 0.7]))
+    masks = prune_channels(norms, 0.5)
+    assert [m.tolist() for m in masks] == [[0, 1, 0], [0, 1, 1]]
+
+
 def test_pruned_channels_stay_at_zero_while_the_rest_fine_tune(digits):
     method = NetworkSlimming(s=1e-3, prune=0.4, prune_at=0.5)
     model, result = trained(digits, method, epochs=4)
