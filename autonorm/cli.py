@@ -153,8 +153,11 @@ def _chosen_trial(args: argparse.Namespace, results: StudyResults) -> TrialRecor
     """The trial ``autonorm best`` exports: by number, under metric bounds, or the best by the first objective."""
     if args.trial is not None:
         chosen = next((t for t in results.trials if t.number == args.trial), None)
-        if chosen is None or chosen.config is None:
-            raise SpecError(f"no trial {args.trial} with a configuration", path=f"study {results.name}")
+        if chosen is None:
+            raise SpecError(f"no trial {args.trial} (it has {len(results.trials)})", path=f"study {results.name}")
+        if chosen.config is None:
+            why = f": {chosen.reason}" if chosen.reason else ""
+            raise SpecError(f"trial {args.trial} has no configuration{why}", path=f"study {results.name}")
         return chosen
     if args.max or args.min or args.by:
         chosen = results.choose(by=args.by, at_most=dict(args.max), at_least=dict(args.min))

@@ -145,7 +145,7 @@ def failed_table(results: StudyResults) -> Table | None:
 
 def best_panel(best: TrialRecord | None, objective: str) -> Panel:
     if best is None or best.config is None:
-        return Panel("no trial completed yet", title="best configuration")
+        return Panel("no trial completed", title="best configuration")
     lines = [f"trial {best.number}: {objective} = {_fmt(best.value)}", f"model: {_choice(best.config.model)}"]
     lines += [f"{kind}: {_choice(c)}" for kind, c in best.config.components.items()]
     lines.append("train: " + ", ".join(f"{k}={_fmt(v, 3)}" for k, v in best.config.train.items()))

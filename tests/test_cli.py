@@ -99,6 +99,22 @@ def test_results_of_a_missing_study_is_a_clear_error(cli):
     assert "no study database at 'nothing.db'" in err
 
 
+def test_best_of_a_trial_without_a_configuration_says_why(tmp_path, cli):
+    space = """
+name: rejected
+model: {backbone: small_cnn, depth: 1, width: 4}
+space: {normalization: [none, batchnorm], training: [enorm]}
+train: {epochs: 1}
+search: {trials: 6, sampler: random, seed: 0}
+"""
+    cli("search", str(write(tmp_path / "rejected.yaml", space)), "-q")
+    rejected = next(t for t in autonorm.load_study("rejected").trials if t.config is None)
+    _, err = cli("best", "rejected", "--trial", str(rejected.number), code=2)
+    assert f"trial {rejected.number} has no configuration: incompatible: training enorm requires" in err
+    _, err = cli("best", "rejected", "--trial", "6", code=2)
+    assert "no trial 6 (it has 6)" in err
+
+
 def test_results_of_an_unknown_study_lists_the_known_ones(tmp_path, cli):
     cli("search", str(write(tmp_path / "tiny.yaml", TINY_SPACE)), "--trials", "1", "-q")
     _, err = cli("results", "tinyy", "--storage", "sqlite:///tiny.db", code=2)
