@@ -8,19 +8,29 @@ of all channels with the smallest |gamma| (one threshold over every layer), and 
 fine-tuned without the penalty.
 
 Within one trial's epochs, decided here (the paper trains, prunes, then fine-tunes for as many epochs
-again): with ``prune`` > 0, sparsity training runs for the first ``prune_at`` of the epochs, the
-channels are pruned at the end of that epoch (so its evaluation is the pruned network's), and the
-remaining epochs fine-tune. Pruning follows the official mask implementation: a pruned channel's scale
-and shift are set to 0 and kept there, so the channel outputs 0, as if removed (the parameter count a
-trial reports stays the unpruned one). The official code zeroes their gradients in a fine-tuning run
-with a fresh optimizer; here the optimizer's momentum carries over, so they are set to 0 again after
-every step. As in the official code,
-the threshold is the |gamma| at position int(prune * channels) of the sorted scales, and every channel
-at or below it is pruned, except that each layer keeps its channel of largest |gamma| (decided here:
-the official mask implementation lets a whole layer go, which in a network without shortcuts cuts the
-path from input to output and leaves a constant classifier). ``prune`` = 0 (the default) is sparsity
-training alone. It acts on every
-batch-normalization layer with an affine scale; a model without one makes the trial incompatible.
+again with a fresh schedule): with ``prune`` > 0, sparsity training runs for the first ``prune_at`` of
+the epochs, the channels are pruned at the end of that epoch (so its evaluation is the pruned
+network's), and the remaining epochs fine-tune, in the tail of the trial's learning-rate schedule.
+Pruning follows the official mask implementation: a pruned channel's scale and shift are set to 0
+and kept there, so the normalization outputs 0 for it (the parameter count and latency a trial
+reports stay the unpruned ones). The official code zeroes their gradients in a fine-tuning run with a
+fresh optimizer; here the optimizer's state carries over, so they are set to 0 again after every step.
+As in the official code, the threshold is the |gamma| at position int(prune * channels) of the sorted
+scales and every channel at or below it is pruned (so int(prune * channels) + 1 and ties), except
+that each layer keeps its channel of largest |gamma| (decided here: the official mask implementation
+lets a whole layer go, which in a network without shortcuts cuts the path from input to output and
+leaves a constant classifier). ``prune`` = 0 (the default) is sparsity training alone.
+
+It acts on every batch-normalization layer with an affine scale; a model without one makes the trial
+incompatible, and ``bcn`` is excluded (its group normalization after the batch one undoes a scale, so
+the penalty costs nothing and a pruned channel does not output 0). In the post-activation ResNet a
+pruned channel of a branch's last normalization or of a shortcut's silences that path only; the
+block's output channel lives on through the residual sum. Differences from the paper's runs to keep
+in mind: autonorm does not decay normalization scales by default (``train.weight_decay_on``), while
+the official runs decay every parameter (1e-4), which adds an L2 pull of about 1e-4 gamma;
+``weight_decay_on: all`` with ``weight_decay: 1e-4`` matches them. With Adam the subgradient is rescaled
+per parameter, so it no longer acts as an L1 penalty of weight s; with the ``bn_gamma`` initializer the
+scales train at a lower learning rate, which weakens s as much.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ class NetworkSlimming(TrainingMethod):
         self.prune_epoch = max(1, round(self.prune_at * epochs)) - 1 if self.prune > 0 else None
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.norms = scaled_batchnorms(model)
+        self.norms, self.masks = scaled_batchnorms(model), []
         if not self.norms:
             raise ValueError("slimming: the model has no batch normalization with a learned scale to make sparse")
 
@@ -98,6 +108,7 @@ def autonorm_components() -> list[Component]:
             kind="training",
             name="slimming",
             factory=NetworkSlimming,
+            excludes=("normalization:bcn",),
             params={
                 "s": Float(1e-4, 1e-5, 1e-3, log=True, minimum=0),
                 "prune": Float(0.0, 0.0, 0.7, minimum=0, maximum=0.9),

@@ -5,7 +5,7 @@ import torch
 from autonorm_plugins.slimming import NetworkSlimming, prune_channels, scaled_batchnorms
 from torch import nn
 
-from autonorm import TrainingMethod, build_model
+from autonorm import SpecError, TrainingMethod, build_model, load_spec
 from autonorm.errors import Incompatible
 from autonorm.trainer import fit
 from tests.test_build import config
@@ -91,6 +91,37 @@ def test_pruned_channels_stay_at_zero_while_the_rest_fine_tune(digits):
     assert result.metrics["val_accuracy"] > 0.8
 
 
-def test_a_model_without_batch_normalization_is_incompatible(digits):
+def test_a_pruned_channel_outputs_zero_in_training_and_evaluation():
+    norm = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 0.01, 0.8, 0.02]))
+        norm.bias.fill_(0.5)
+    prune_channels([norm], 0.25)
+    x = torch.randn(8, 4, 5, 5) * 3 + 1
+    for mode in (True, False):
+        out = norm.train(mode)(x)
+        assert torch.all(out[:, [1, 3]] == 0) and torch.all(out[:, [0, 2]].abs().sum((0, 2, 3)) > 0)
+
+
+def test_the_penalty_stops_once_the_channels_are_pruned(digits):
+    model = build_model(config(model="small_cnn", depth=3, width=8))
+    method = NetworkSlimming(s=0.01, prune=0.3)
+    method.setup_data(torch.zeros(1), torch.zeros(1), 2)
+    method.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    method.end_epoch(model, 0)  # prune_at 0.5 of 2 epochs: pruned after the first
+    assert method.masks
+    model(torch.randn(8, 1, 8, 8)).sum().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    method.after_backward(model)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize("norm", ["groupnorm", "mimicnorm"])  # mimicnorm's only batch norm has no scale
+def test_a_model_without_a_scaled_batch_normalization_is_incompatible(digits, norm):
     with pytest.raises(Incompatible, match="incompatible: slimming: the model has no batch normalization"):
-        trained(digits, NetworkSlimming(), norm="groupnorm")
+        trained(digits, NetworkSlimming(), norm=norm)
+
+
+def test_bcn_whose_group_normalization_undoes_the_scales_is_excluded_when_the_file_is_read():
+    with pytest.raises(SpecError, match="slimming cannot be combined with normalization .bcn., the only normalization"):
+        load_spec({"space": {"normalization": ["bcn"], "training": ["slimming"]}})
