@@ -27,7 +27,10 @@ def plugins_table(registry: Registry, kind: str | None = None) -> Table:
     for comp in registry.components(kind):
         params = "\n".join(f"{k}: {p}" for k, p in comp.params.items()) or "-"
         package = f"{comp.package} {comp.version}".strip() or comp.plugin
-        table.add_row(comp.kind, comp.name, package, "yes" if comp.batch_dependent else "no", params, comp.summary)
+        declared = (("requires", comp.requires), ("excludes", comp.excludes))
+        rules = [f"{word} {', '.join(names)}" for word, names in declared if names]
+        summary = "\n".join(filter(None, [comp.summary, *rules]))
+        table.add_row(comp.kind, comp.name, package, "yes" if comp.batch_dependent else "no", params, summary)
     return table
 
 

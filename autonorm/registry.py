@@ -52,7 +52,10 @@ class Component:
     ``factory`` is called with the kind's positional arguments (see :mod:`autonorm.build`) and the
     component's hyperparameters as keywords. ``requires`` and ``excludes`` hold ``"kind"`` or
     ``"kind:name"``: excluding a kind means it is not chosen at all alongside this component (FRN
-    brings its own activation); excluding or requiring ``kind:name`` rules combinations out or in.
+    brings its own activation); excluding or requiring ``kind:name`` rules combinations out or in. A
+    requirement ``train.KEY:value`` (``train.optimizer:sgd``) is on a training setting: a space whose
+    setting can never take that value is refused when it is read (the method refuses other values at
+    run time itself).
     """
 
     kind: str

@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
 
 from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError, first_problem
-from autonorm.params import Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
+from autonorm.params import Categorical, Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
 from autonorm.storage import parse_url
 from autonorm.yamlfile import read_yaml
@@ -390,14 +390,20 @@ class _Parser:
         offered = {kind: {c.name for c in cands} for kind, cands in spec.space.items()}
         offered["model"] = {spec.model.name}
         offered["dataset"] = {spec.dataset.name}
+        for key, domain in spec.train.items():  # a requirement such as "train.optimizer:sgd"
+            if isinstance(domain, (Fixed, Categorical)):
+                values = (domain.value,) if isinstance(domain, Fixed) else domain.choices
+                offered[f"train.{key}"] = {str(v) for v in values}
         for kind, cands in [*spec.space.items(), ("model", [spec.model])]:
             for cand in cands:
                 path = ("model",) if kind == "model" else ("space", kind, cand.name)
                 for req in cand.component.requires:
                     rkind, _, rname = req.partition(":")
-                    if rname and rname not in offered.get(rkind, ()):
+                    open_range = rkind.startswith("train.") and rkind not in offered  # a searched range: may hold it
+                    if rname and not open_range and rname not in offered.get(rkind, ()):
+                        offer = ", ".join(sorted(offered.get(rkind, ()))) or "none"
                         raise self.error(
-                            path, f"{cand.name} requires {rkind} {rname!r}, which the space does not offer"
+                            path, f"{cand.name} requires {rkind} {rname!r}, which the space does not offer ({offer})"
                         )
                 for exc in cand.component.excludes:
                     ekind, _, ename = exc.partition(":")

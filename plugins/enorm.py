@@ -201,6 +201,6 @@ def autonorm_components() -> list[Component]:
             name="enorm",
             factory=ENorm,
             params={"c": Float(1.1, 1.0, 1.5, minimum=1.0)},  # the official README: c equal to or slightly above 1
-            requires=("normalization:none",),
+            requires=("normalization:none", "train.optimizer:sgd"),
         )
     ]

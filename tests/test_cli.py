@@ -50,6 +50,8 @@ def test_plugins_lists_components_with_package_and_params(with_plugins, cli):
     assert "plugins that failed to load" in out and "this plugin needs a library" in out
     out, _ = cli("plugins", "--kind", "activation")
     assert "elu" in out and "groupnorm" not in out
+    out, _ = cli("plugins", "--kind", "training")
+    assert "requires normalization:none, train.optimizer:sgd" in " ".join(out.replace("│", " ").split())
 
 
 def test_validate_summarizes_the_space(tmp_path, cli):

@@ -219,3 +219,10 @@ def test_weights_in_channels_last_are_rescaled_in_place():
 def test_c_below_one_is_refused_when_the_file_is_read(c):
     with pytest.raises(SpecError, match=r"space.training.enorm.c: expected at least 1.0, got 0|got -1"):
         load_spec({"space": {"normalization": ["none"], "training": {"enorm": {"c": c}}}})
+
+
+def test_a_space_whose_optimizer_can_never_be_sgd_is_refused_when_it_is_read():
+    space = {"space": {"normalization": ["none"], "training": ["enorm"]}, "train": {"optimizer": "adam"}}
+    with pytest.raises(SpecError, match=r"requires train.optimizer 'sgd', which the space does not offer \(adam\)"):
+        load_spec(space)
+    load_spec({**space, "train": {"optimizer": ["adam", "sgd"]}})  # adam trials are pruned as incompatible
