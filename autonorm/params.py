@@ -80,6 +80,10 @@ class Categorical(Domain):
             return self.choices[0]
         return trial.suggest_categorical(name, list(self.choices))
 
+    @property
+    def is_searched(self) -> bool:
+        return len(self.choices) > 1
+
     def __str__(self) -> str:
         return "{" + ", ".join(map(str, self.choices)) + "}"
 
