@@ -18,10 +18,11 @@ import time
 
 import torch
 from autonorm_plugins.enorm import ENorm
+from optuna.trial import FixedTrial
 
-from autonorm import ComponentChoice, TrainingMethod, TrialConfig, build_model
+from autonorm import ComponentChoice, TrainingMethod, TrialConfig, build_model, load_spec
 from autonorm.data import load_data
-from autonorm.spec import TRAIN_PARAMS
+from autonorm.space import sample_config
 from autonorm.trainer import fit
 
 VARIANTS = {
@@ -41,37 +42,28 @@ def main() -> None:
     args = parser.parse_args()
     data = load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
 
-    def config(norm: str) -> TrialConfig:
-        return TrialConfig(
-            dataset={"name": "digits"},
-            val_fraction=0.2,
-            test_fraction=0.2,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            model={"name": "small_cnn", "params": {"depth": 4, "width": 16}},
-            components={
-                "normalization": {"name": norm, "params": {"groups": 4} if norm == "groupnorm" else {}},
-                "activation": {"name": "relu"},
-                "pooling": {"name": "avg"},
-                "head": {"name": "linear"},
-                "initializer": {"name": "kaiming"},
-            },
-            epochs=args.epochs,
-            train={},
+    def config(norm: str, batch: int) -> TrialConfig:
+        """The configuration a search over this space would train for ``norm``."""
+        spec = load_spec(
+            {
+                "model": {"backbone": "small_cnn", "depth": 4, "width": 16},
+                "space": {"normalization": {"none": {}, "batchnorm": {}, "groupnorm": {"groups": 4}}},
+                "train": {"epochs": args.epochs, "lr": args.lr, "batch_size": batch, "device": "cpu"},
+            }
         )
+        return sample_config(FixedTrial({"normalization": norm}), spec, data.input_shape, data.num_classes)
 
-    defaults = {key: param.default for key, param in TRAIN_PARAMS.items()}
     print(f"digits, small_cnn depth 4 width 16, {args.epochs} epochs, lr {args.lr}, {args.seeds} seeds: test accuracy")
     start = time.perf_counter()
     for batch in args.batches:
-        train = {**defaults, "lr": args.lr, "batch_size": batch, "device": "cpu"}
         for name, (norm, method) in VARIANTS.items():
-            scores = []
+            cfg, scores = config(norm, batch), []
             for seed in range(args.seeds):
                 torch.manual_seed(seed)
-                model = build_model(config(norm), data.x_train[:batch])
+                model = build_model(cfg, data.x_train[:batch])
                 test = {"x_eval": data.x_test, "y_eval": data.y_test}
-                scores.append(fit(model, data, train, args.epochs, methods=[method()], **test).metrics["val_accuracy"])
+                result = fit(model, data, cfg.train, args.epochs, methods=[method()], **test)
+                scores.append(result.metrics["val_accuracy"])
             print(
                 f"batch {batch:3d}  {name:14s} mean {statistics.mean(scores):.4f}  sd {statistics.stdev(scores):.4f}  "
                 f"({' '.join(f'{s:.3f}' for s in scores)})",
