@@ -216,6 +216,14 @@ def test_resuming_with_a_parameter_searched_another_way_is_an_error_before_any_t
     write(space, space.read_text().replace("lr: {loguniform: [0.01, 0.2]}", "lr: {loguniform: [0.02, 0.1]}"))
     cli("search", str(space), "-q", "--trials", "2")  # a narrower range is fine: the study resumes
     assert len(autonorm.load_study("tiny").trials) == 2
+    # an ordered choice added on resume is remembered: the same file resumes again, its values changed do not
+    write(space, space.read_text().replace("epochs: 1", "epochs: 1\n  momentum: [0.5, 0.8, 0.9]"))
+    cli("search", str(space), "-q", "--trials", "3")
+    cli("search", str(space), "-q", "--trials", "4")
+    assert len(autonorm.load_study("tiny").trials) == 4
+    write(space, space.read_text().replace("momentum: [0.5, 0.8, 0.9]", "momentum: [0.5, 0.8, 0.95]"))
+    _, err = cli("search", str(space), "-q", "--trials", "5", code=2)
+    assert "train.momentum: study 'tiny' searched" in " ".join(err.split())
 
 
 # ---------------------------------------------------------------- report

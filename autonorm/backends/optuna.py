@@ -85,7 +85,6 @@ def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
     if "objective" not in study.user_attrs:
         study.set_user_attr("objective", spec.search.objectives[0])
         study.set_user_attr("objectives", spec.search.objectives)
-        study.set_user_attr(ORDERED_ATTR, ordered_choices(spec))
         with warnings.catch_warnings():  # experimental in Optuna; optuna-dashboard labels the values with it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.search.objectives)
@@ -96,6 +95,9 @@ def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
             path="search.objective",
         )
     check_distributions(study, spec)
+    ordered = {**study.user_attrs.get(ORDERED_ATTR, {}), **ordered_choices(spec)}
+    if ordered != study.user_attrs.get(ORDERED_ATTR):  # an ordered choice this session adds (earlier ones stay)
+        study.set_user_attr(ORDERED_ATTR, ordered)
     if not worker:  # the space as it is now: workers started for this session (or joining it) run it
         study.set_user_attr("space", stored_space(spec))
     return study
