@@ -37,9 +37,12 @@ def autonorm_trial_started(study_name: str, number: int, config: dict[str, Any])
 
 @hookspec
 def autonorm_trial_reported(study_name: str, number: int, epoch: int, metrics: dict[str, float]) -> None:
-    """A trial finished an epoch with these validation ``metrics``."""
+    """A trial finished an epoch with these validation ``metrics``; ``epoch`` counts from 0 (the step the
+    trial reports to Optuna, the number of epochs done, is ``epoch + 1``)."""
 
 
 @hookspec
 def autonorm_trial_finished(study_name: str, number: int, state: str, metrics: dict[str, Any]) -> None:
-    """A trial ended: ``state`` is ``complete``, ``pruned`` or ``failed`` (then ``metrics["reason"]``)."""
+    """A trial ended: ``state`` is ``complete``, ``pruned`` or ``failed`` (then ``metrics["reason"]``). A
+    trial that reuses the outcome of an earlier one with the same configuration, or that is rejected
+    before it has a configuration, ends without having started."""
