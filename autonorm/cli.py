@@ -27,8 +27,9 @@ from autonorm.storage import check_shareable, mask_url
 from autonorm.testing import CHECKED_KINDS, check_component
 
 
-def _study_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", help="study name, the search-space YAML file that made it, or a comparison protocol")
+def _study_args(parser: argparse.ArgumentParser, protocol: bool = True) -> None:
+    what = "study name, the search-space YAML file that made it" + (", or a comparison protocol" if protocol else "")
+    parser.add_argument("study", help=what)
     parser.add_argument("--storage", help="storage URL (default: sqlite:///STUDY.db, or the space's search.storage)")
 
 
@@ -171,6 +172,12 @@ def _chosen_trial(args: argparse.Namespace, results: StudyResults) -> TrialRecor
 
 
 def cmd_best(args: argparse.Namespace, console: Console) -> int:
+    if is_protocol(args.study):
+        raise SpecError(
+            "a comparison has no single best configuration; each (task, candidate) pair is a study of its own, "
+            "named PROTOCOL.TASK.CANDIDATE: give `autonorm best` one of those",
+            file=args.study,
+        )
     results = _load(args)
     best = _chosen_trial(args, results)
     text = best.config.to_yaml()
@@ -314,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("best", help="write the best trial's configuration as YAML")
-    _study_args(p)
+    _study_args(p, protocol=False)
     p.add_argument("-o", "--output", help="file to write (default: print)")
     p.add_argument("--trial", type=int, help="this trial's configuration instead (e.g. one of the Pareto front)")
     p.add_argument(

@@ -66,6 +66,8 @@ def test_validate_summarizes_a_comparison_protocol(cli):
     out, _ = cli("validate", str(Path(__file__).parent.parent / "search_spaces" / "compare_normalizations.yaml"))
     assert "ok" in out and "comparison 'compare_normalizations' of normalization" in out
     assert "5 candidates x 3 tasks" in out and "candidates: batchnorm, groupnorm" in out
+    _, err = cli("best", str(Path(__file__).parent.parent / "search_spaces" / "compare_normalizations.yaml"), code=2)
+    assert "a comparison has no single best configuration" in " ".join(err.split())
 
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
