@@ -88,7 +88,7 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
 def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     if not args.storage:
         raise SpecError(f"give the study's storage URL with --storage or the {STORAGE_ENV} variable", path="worker")
-    check_shareable(args.storage, 2)
+    check_shareable(args.storage, None)  # a worker shares its study with others
     registry = get_registry()
     spec = worker_spec(args.study, args.storage, registry, args.trials)
     optuna.logging.set_verbosity(optuna.logging.ERROR)

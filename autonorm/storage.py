@@ -93,11 +93,13 @@ def _open_journal(path: str, must_exist: bool) -> optuna.storages.BaseStorage:
         raise SpecError(f"cannot open journal {path!r}: {exc.strerror}", path="search.storage") from None
 
 
-def check_shareable(url: str, processes: int) -> None:
-    """Refuse a storage that ``processes`` concurrent writers would corrupt or lock up (SQLite)."""
-    if processes > 1 and _scheme(url) == "sqlite":
+def check_shareable(url: str, processes: int | None) -> None:
+    """Refuse a storage that ``processes`` concurrent writers (None: a worker joining a study, with any
+    number of others) would corrupt or lock up (SQLite)."""
+    if (processes is None or processes > 1) and _scheme(url) == "sqlite":
+        sharers = "a study's worker processes" if processes is None else f"{processes} worker processes"
         raise SpecError(
-            f"{mask_url(url)} cannot be shared by {processes} worker processes: SQLite locks the whole file. "
+            f"{mask_url(url)} cannot be shared by {sharers}: SQLite locks the whole file. "
             "Use a PostgreSQL or MySQL URL (postgresql+psycopg2://user:password@host/db) or an Optuna journal "
             "file (journal:///study.log)",
             path="search.storage",

@@ -78,6 +78,7 @@ def test_sqlite_is_refused_for_several_workers_and_left_untouched(tmp_path, caps
     assert "journal:///" in err and "postgresql" in err
     assert not (tmp_path / "w.db").exists()
     assert main(["worker", "w", "--storage", "sqlite:///w.db"]) == 2
+    assert "sqlite:///w.db cannot be shared by a study's worker processes" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_killed_worker_trial_is_retried_by_another_and_none_is_lost(tmp_path, postgres_url):  # noqa: F811
