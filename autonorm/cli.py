@@ -124,7 +124,10 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         f"storage {mask_url(spec.storage)}"
     )
     for kind, candidates in spec.space.items():
-        console.print(f"  {kind}: {', '.join(c.name for c in candidates)}")
+        # a choice that leaves this kind out altogether (FRN brings its own activation)
+        without = [c.name for cands in spec.space.values() for c in cands if kind in c.component.excludes]
+        note = f" (not chosen with {', '.join(without)})" if without else ""
+        console.print(f"  {kind}: {', '.join(c.name for c in candidates)}{note}")
     searched = [key for key, dom in spec.train.items() if dom.is_searched]
     console.print(f"  train: {spec.epochs} epochs; searched: {', '.join(searched) or 'nothing'}")
     return 0

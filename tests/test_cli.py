@@ -60,6 +60,9 @@ def test_validate_summarizes_the_space(tmp_path, cli):
     one_choice = TINY_SPACE.replace("batch_size: 64", "batch_size: [64]")  # a list of one value is fixed
     out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", one_choice)))
     assert "searched: lr\n" in out or out.rstrip().endswith("searched: lr"), out
+    with_frn = TINY_SPACE.replace("    batchnorm: {}", "    batchnorm: {}\n    frn: {}")
+    out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", with_frn)))
+    assert "activation: relu, elu (not chosen with frn)" in out
 
 
 def test_validate_summarizes_a_comparison_protocol(cli):
