@@ -156,11 +156,11 @@ def _check_arrays(where: str, arrays: Arrays) -> None:
         if (bad := x.size - np.count_nonzero(np.isfinite(x))) > 0:
             raise SpecError(f"'{xs}' holds {bad} NaN or infinite value(s); training on them diverges", path=where)
         distinct = len(np.unique(y))
+        if ys == "y" and distinct < 2:
+            raise SpecError("'y' holds a single class; a classifier needs at least two", path=where)
         if len(y) and y.max() >= max(1000, _SPARSE_LABELS * distinct):
             raise SpecError(
                 f"'{ys}' has labels up to {y.max()} but {distinct} distinct ones: the head would have "
                 f"{y.max() + 1} outputs; number the classes 0..K-1",
                 path=where,
             )
-    if len(np.unique(arrays.y)) < 2:
-        raise SpecError("'y' holds a single class; a classifier needs at least two", path=where)

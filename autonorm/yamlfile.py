@@ -42,10 +42,14 @@ def read_yaml(path: str | Path, what: str) -> tuple[Any, yaml.Node | None]:
 
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, yaml.Node | None]:
     """:func:`read_yaml` for text already read."""
-    try:
-        tree = yaml.compose(text, Loader=Loader)
-        _refuse_repeated_keys(tree, file)
-        return yaml.load(text, Loader=Loader), tree
+    try:  # parsed once: the node tree locates keys, and the data is constructed from it
+        loader = Loader(text)
+        try:
+            tree = loader.get_single_node()
+            _refuse_repeated_keys(tree, file)
+            return (loader.construct_document(tree) if tree is not None else None), tree
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = " ".join(p for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)

@@ -142,7 +142,7 @@ class ENorm(TrainingMethod):
         if not isinstance(optimizer, torch.optim.SGD):
             raise ValueError(f"enorm: needs SGD (its momentum buffers are rescaled), not {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.pairs = [pair for pair in candidate_pairs(model) if preserves_function(model, *pair, self.sample)]
+        self.pairs = function_preserving(model, candidate_pairs(model), self.sample)
         del self.sample
         if not self.pairs:
             raise ValueError(
@@ -180,17 +180,26 @@ def rescale(p: nn.Module, q: nn.Module, d: torch.Tensor, state: dict | None = No
 
 
 @torch.no_grad()
-def preserves_function(model: nn.Module, p: nn.Module, q: nn.Module, x: torch.Tensor) -> bool:
-    """Whether rescaling the hidden layer between P and Q (factors in [1/2, 2]) leaves the model's
-    output on ``x`` unchanged, in eval mode and in float64 on a copy: in float32 (TF32 on a GPU) the
-    rounding alone can exceed a tight tolerance, and a non-homogeneous operation changes far more."""
+def function_preserving(model: nn.Module, pairs: list[tuple[nn.Module, nn.Module]], x: torch.Tensor) -> list:
+    """The pairs whose hidden layer can be rescaled (factors in [1/2, 2]) without changing the model's
+    output on ``x``, in eval mode and in float64 on one copy of the model: in float32 (TF32 on a GPU)
+    the rounding alone can exceed a tight tolerance, and a non-homogeneous operation changes far more."""
     names = {module: name for name, module in model.named_modules()}
     copy = deepcopy(model).to(torch.float64).eval()
     x = x.to(torch.float64)
     before = copy(x)
-    d = 2 ** (torch.rand(p.weight.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1)
-    rescale(copy.get_submodule(names[p]), copy.get_submodule(names[q]), d.to(x.device))
-    return bool(torch.allclose(copy(x), before, rtol=1e-9, atol=1e-9 * float(before.abs().max())))
+    tolerance = {"rtol": 1e-9, "atol": 1e-9 * float(before.abs().max())}
+    kept = []
+    for p, q in pairs:
+        p64, q64 = copy.get_submodule(names[p]), copy.get_submodule(names[q])
+        saved = p64.weight.clone(), q64.weight.clone()
+        d = 2 ** (torch.rand(len(saved[0]), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1)
+        rescale(p64, q64, d.to(x.device))
+        if torch.allclose(copy(x), before, **tolerance):
+            kept.append((p, q))
+        p64.weight.copy_(saved[0])
+        q64.weight.copy_(saved[1])
+    return kept
 
 
 @autonorm.hookimpl

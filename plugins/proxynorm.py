@@ -22,8 +22,9 @@ residual sum is plain ``phi``. Decisions (u):
 
 - the PN-activation replaces the searched activation, with ``phi = ReLU`` (the paper's ResNet
   experiments; the official EfficientNets use swish); the activation after a residual sum is ReLU too;
-- norm eps 1e-5; GN default 4 groups, as in the official EfficientNet scripts; weight decay falls on
-  every parameter alike (the official code leaves gamma/beta out of it).
+- norm eps 1e-5; GN default 4 groups, as in the official EfficientNet scripts. With autonorm's default
+  ``train.weight_decay_on: weights`` none of PN's per-channel parameters is decayed: the official code
+  leaves gamma/beta out of weight decay too, but gives gamma'/beta' a decay of their own.
 """
 
 from __future__ import annotations

@@ -95,8 +95,9 @@ def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
             path="search.objective",
         )
     check_distributions(study, spec)
-    ordered = {**study.user_attrs.get(ORDERED_ATTR, {}), **ordered_choices(spec)}
-    if ordered != study.user_attrs.get(ORDERED_ATTR):  # an ordered choice this session adds (earlier ones stay)
+    stored_ordered = study.user_attrs.get(ORDERED_ATTR)
+    ordered = {**(stored_ordered or {}), **ordered_choices(spec)}
+    if ordered != stored_ordered:  # an ordered choice this session adds (earlier ones stay)
         study.set_user_attr(ORDERED_ATTR, ordered)
     if not worker:  # the space as it is now: workers started for this session (or joining it) run it
         study.set_user_attr("space", stored_space(spec))
