@@ -6,7 +6,8 @@ which Optuna records as a failed trial, and the search goes on; a trial that div
 components rule each other out, is recorded as pruned with its reason, so that the sampler learns
 from it (see :class:`Rejected`). A configuration the sampler proposes again is not trained again
 (unless ``search.retrain_repeats``): the trial takes the earlier trial's outcome and records
-``repeat_of``, so a search spends no epochs on what it has already measured.
+``repeat_of``, so a search spends no epochs on what it has already measured. A repeat of a configuration
+that the pruner stopped is judged again first, and trains if it would now go on (see :func:`promote_late`).
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ def make_objective(
     hook = registry.plugin_manager.hook
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        judged = 0  # epochs whose pruning decision was made on an earlier trial's measurements
+
         def finish(state: str, metrics: dict[str, Any]) -> None:
             notify(
                 hook.autonorm_trial_finished, study_name=spec.name, number=trial.number, state=state, metrics=metrics
             )
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
-            prune = prunable and objective_key in metrics
+            prune = prunable and objective_key in metrics and epoch + 1 > judged
             if prune:  # the step is the number of epochs done, as Ray's schedulers count
                 trial.report(metrics[objective_key], epoch + 1)
             notify(
@@ -61,7 +64,8 @@ def make_objective(
             config = sample_config(trial, spec, data.input_shape, data.num_classes)
             dumped = config.model_dump(mode="json")
             earlier = earlier_trial(trial, spec, dumped)
-            if earlier is not None:
+            judged = promote_late(trial, earlier) if earlier is not None and prunable else 0
+            if earlier is not None and not judged:
                 return _repeat(trial, earlier, finish)
             trial.set_user_attr("config", dumped)
             notify(hook.autonorm_trial_started, study_name=spec.name, number=trial.number, config=dumped)
@@ -157,6 +161,25 @@ def _repeat(
     metrics = {key: earlier.user_attrs[key] for key in METRIC_KEYS if key in earlier.user_attrs}
     finish("complete", metrics)
     return tuple(earlier.values) if len(earlier.values) > 1 else earlier.values[0]
+
+
+def promote_late(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> int:
+    """Asynchronous successive halving promotes late (Li et al. 2020, arXiv:1810.05934): a configuration
+    stopped at a rung is promoted once it ranks among the best there. Optuna's pruners stop a trial for
+    good, and one stopped while few trials had reached its rung may rank well now; so when the sampler
+    proposes it again, its earlier measurements are reported on ``trial`` and the pruner asked again.
+    Returns the last epoch so judged if the pruner lets it go on (it then trains from the start, as no
+    weights were kept, and is next judged after that epoch), or 0 to reuse the earlier outcome.
+    A trial rejected for a reason (diverged, incompatible) is not judged again."""
+    stopped = earlier.state == optuna.trial.TrialState.PRUNED and "fail_reason" not in earlier.user_attrs
+    if not stopped or not earlier.intermediate_values:
+        return 0
+    for step, value in sorted(earlier.intermediate_values.items()):
+        trial.report(value, step)
+    if trial.should_prune():
+        return 0
+    trial.set_user_attr("promoted_from", earlier.number)
+    return max(earlier.intermediate_values)
 
 
 def copy_outcome(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:

@@ -7,7 +7,8 @@ each search is then a replay: autonorm's own sampler and pruner (``make_sampler`
 its define-by-run sampling (``sample_config``) choose configurations, and each trial "trains" by
 reading a curve epoch by epoch, reporting to the pruner as the trainer would. As in a real search, trial
 n of a search with seed s trains with seed s + n (here: reads the table of seed (s + n) mod the number
-of tables), and a configuration proposed again reuses its earlier outcome at no cost.
+of tables), and a configuration proposed again reuses its earlier outcome at no cost (one the pruner
+stopped is judged again on its earlier measurements, and trains again if it would now go on).
 
 The optimum is that of the mean final accuracy over the table seeds, and the targets are the
 configurations whose mean is within ``--tolerance`` of it: on 288 validation images 0.5 points is
@@ -44,7 +45,7 @@ from autonorm import build_model, get_registry, load_spec
 from autonorm.backends.optuna import first_rung, make_pruner, make_sampler
 from autonorm.build import build_training_methods
 from autonorm.data import load_data
-from autonorm.objective import earlier_trial
+from autonorm.objective import earlier_trial, promote_late
 from autonorm.space import sample_config
 from autonorm.trainer import fit
 
@@ -109,14 +110,18 @@ def epochs_to_target(
         curve = tables[(spec.search.seed + trial.number) % len(tables)][key(config)]  # trial n's seed is s + n
         trial.set_user_attr("config", dumped)
         trial.set_user_attr("key", key(config))
-        # as the search does: a repeated configuration is not trained again, unless retrain_repeats
+        # as the search does: a repeated configuration is not trained again (unless retrain_repeats),
+        # but one the pruner stopped is judged again and trains if it would now go on
         earlier = earlier_trial(trial, spec, dumped)
-        if earlier is not None:
+        judged = promote_late(trial, earlier) if earlier is not None else 0
+        if earlier is not None and not judged:
             if earlier.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned()
             return earlier.value
         for epoch, accuracy in enumerate(curve):
             spent += 1
+            if epoch + 1 <= judged:
+                continue
             trial.report(accuracy, epoch + 1)  # as the objective: the step is the number of epochs done,
             if epoch + 1 < len(curve) and trial.should_prune():  # and the last epoch is never pruned
                 raise optuna.TrialPruned()

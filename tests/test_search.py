@@ -8,7 +8,10 @@ import torch
 
 import autonorm
 from autonorm import display, load_spec
-from autonorm.backends.optuna import open_search_study, session_seed
+from autonorm.backends.optuna import make_pruner, open_search_study, session_seed
+from autonorm.data import load_data
+from autonorm.objective import make_objective
+from autonorm.space import sample_config
 from tests.conftest import TINY_SPACE, write
 from tests.helpers import registry_with_test_components
 
@@ -202,6 +205,50 @@ def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_ret
     trials = optuna.load_study(study_name="retrained", storage=f"sqlite:///{tmp_path / 'repeats.db'}").trials
     assert not any("repeat_of" in t.user_attrs for t in trials)
     assert len({t.user_attrs["train_seconds"] for t in trials}) == 5  # every one trained
+
+
+@pytest.mark.parametrize(("earlier_accuracy", "trains"), [(0.9, True), (0.1, False)])
+def test_a_pruned_configuration_proposed_again_trains_if_the_pruner_would_now_let_it_go_on(
+    earlier_accuracy, trains
+):
+    """ASHA's late promotion: the earlier measurements are judged against the trials that reached their
+    epoch since (here, the median pruner's four at 0.5); above them the configuration trains again."""
+    registry = registry_with_test_components()
+    spec = load_spec(
+        {
+            "name": "late",
+            "model": {"backbone": "small_cnn", "depth": 1, "width": 8},
+            "space": {"normalization": ["batchnorm", "groupnorm"]},
+            "train": {"epochs": 4, "batch_size": 128, "lr": 0.05},
+            "search": {"pruner": "median"},
+        },
+        registry,
+    )
+    data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(spec))
+    norm = optuna.distributions.CategoricalDistribution(["batchnorm", "groupnorm"])
+
+    def past(choice: str, accuracy: float, state: optuna.trial.TrialState) -> None:
+        config = sample_config(optuna.trial.FixedTrial({"normalization": choice}), spec, data.input_shape, 10)
+        study.add_trial(optuna.trial.create_trial(
+            state=state, params={"normalization": choice}, distributions={"normalization": norm},
+            user_attrs={"config": config.model_dump(mode="json")},
+            intermediate_values={step: accuracy for step in (1, 2, 3)},
+            value=accuracy if state == optuna.trial.TrialState.COMPLETE else None,
+        ))  # fmt: skip
+
+    past("batchnorm", earlier_accuracy, optuna.trial.TrialState.PRUNED)
+    for _ in range(4):
+        past("groupnorm", 0.5, optuna.trial.TrialState.COMPLETE)
+    study.enqueue_trial({"normalization": "batchnorm"})
+    study.optimize(make_objective(spec, data, registry), n_trials=1)
+    again = study.trials[-1]
+    if trains:
+        assert again.state == optuna.trial.TrialState.COMPLETE and again.user_attrs["promoted_from"] == 0
+        assert "repeat_of" not in again.user_attrs and len(again.user_attrs["history"]) == 4
+    else:
+        assert again.state == optuna.trial.TrialState.PRUNED and again.user_attrs["repeat_of"] == 0
+        assert "promoted_from" not in again.user_attrs and "history" not in again.user_attrs
 
 
 def test_a_resumed_space_with_other_fixed_settings_trains_its_configurations_again(tmp_path):
