@@ -190,11 +190,26 @@ class Int:
     #: the least and greatest values it accepts at all, fixed or searched (None: no bound)
     minimum: int | None = None
     maximum: int | None = None
+    #: when given, ``search`` samples these values (an ordered choice, from ``low`` to ``high``) instead of
+    #: every integer in the range: a group count must divide a channel count, which 3 or 5 rarely do
+    values: tuple[int, ...] = ()
 
     type_name = "integer"
 
     def __post_init__(self) -> None:
         _check_declaration(self)
+        object.__setattr__(self, "values", tuple(self.values))
+        if self.values:
+            try:
+                for value in self.values:
+                    self.check(value)
+            except DomainError as exc:
+                raise ValueError(f"{self!r}: values: {exc}") from None
+            ends = (self.values[0], self.values[-1])
+            if list(self.values) != sorted(set(self.values)) or ends != (self.low, self.high):
+                raise ValueError(f"{self!r}: values must ascend, without repeats, from low to high")
+            if self.default not in self.values:
+                raise ValueError(f"{self!r}: default {self.default} is not one of the values")
 
     def check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -202,7 +217,7 @@ class Int:
         return _within(self, value)
 
     def default_domain(self) -> Domain:
-        return IntRange(self.low, self.high, self.log)
+        return Ordered(self.values) if self.values else IntRange(self.low, self.high, self.log)
 
     def range_domain(self, low: Any, high: Any, log: bool) -> Domain:
         return IntRange(self.check(low), self.check(high), log)

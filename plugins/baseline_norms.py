@@ -16,6 +16,9 @@ from torch import nn
 import autonorm
 from autonorm import Component, Float, Int
 
+#: the group counts ``groups: search`` tries: powers of two, which divide the usual channel counts
+GROUP_COUNTS = (1, 2, 4, 8, 16, 32)
+
 
 class BatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over (N, *spatial) for any number of spatial dims (torch's classes fix the rank)."""
@@ -69,7 +72,7 @@ def autonorm_components() -> list[Component]:
             kind="normalization",
             name="groupnorm",
             factory=groupnorm,
-            params={"groups": Int(8, 1, 32, log=True, minimum=1)},
+            params={"groups": Int(8, 1, 32, log=True, minimum=1, values=GROUP_COUNTS)},
         ),
         Component(kind="normalization", name="layernorm", factory=layernorm),
         Component(kind="normalization", name="instancenorm", factory=instancenorm),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from autonorm_plugins.baseline_norms import BatchNorm
+from autonorm_plugins.baseline_norms import GROUP_COUNTS, BatchNorm
 from autonorm_plugins.weight_standardization import ws_conv
 from torch import nn
 
@@ -100,7 +100,7 @@ def autonorm_components() -> list[Component]:
             name="bcn",
             factory=bcn,
             params={
-                "groups": Int(8, 1, 32, log=True, minimum=1),
+                "groups": Int(8, 1, 32, log=True, minimum=1, values=GROUP_COUNTS),
                 "estimate": Choice(False, (False, True)),
                 "rate": Float(0.01, 1e-3, 0.3, log=True),
             },

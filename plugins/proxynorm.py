@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from autonorm_plugins.baseline_norms import GROUP_COUNTS
 from torch import nn
 
 import autonorm
@@ -115,7 +116,7 @@ def autonorm_components() -> list[Component]:
             kind="normalization",
             name="proxynorm_gn",
             factory=proxynorm_gn,
-            params={"groups": Int(4, 1, 32, log=True, minimum=1)},
+            params={"groups": Int(4, 1, 32, log=True, minimum=1, values=GROUP_COUNTS)},
             pair=proxynorm_gn_pair,
             own_activation=relu,
         ),

@@ -16,7 +16,7 @@ the classifier: a normalization component brings it as its ``conv`` factory, whi
 from __future__ import annotations
 
 import torch
-from autonorm_plugins.baseline_norms import groupnorm
+from autonorm_plugins.baseline_norms import GROUP_COUNTS, groupnorm
 from torch import nn
 
 import autonorm
@@ -62,7 +62,7 @@ def autonorm_components() -> list[Component]:
             kind="normalization",
             name="gn_ws",
             factory=gn_ws,
-            params={"groups": Int(8, 1, 32, log=True, minimum=1)},
+            params={"groups": Int(8, 1, 32, log=True, minimum=1, values=GROUP_COUNTS)},
             conv=ws_conv,
         )
     ]

@@ -58,6 +58,14 @@ def test_parse_domain_errors(param, raw, message):
     assert message in str(info.value)
 
 
+def test_an_integer_declared_with_values_searches_those_by_default_and_any_given_range_as_asked():
+    """Group counts: ``search`` tries the powers of two that divide channel counts, not 3, 5, 6 or 7."""
+    groups = Int(8, 1, 32, log=True, values=(1, 2, 4, 8, 16, 32))
+    assert groups.default_domain() == Ordered((1, 2, 4, 8, 16, 32))
+    assert parse_domain(groups, {"low": 2, "high": 12}) == IntRange(2, 12)
+    assert str(groups) == "8 in {1 < 2 < 4 < 8 < 16 < 32}"
+
+
 def test_ordered_choice_is_suggested_as_a_position_and_returns_the_value():
     domain = parse_domain(Float(0.1, 1e-3, 1.0), [1.0, 0.01, 0.1])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -97,6 +105,10 @@ def test_tpe_learns_from_the_neighbours_of_an_ordered_choice():
         (lambda: Choice(3, (2, 4, 8)), "default 3 is not one of the choices"),
         (lambda: Choice("a", "abc"), "choices must be a non-empty tuple"),
         (lambda: Str(3), "the default must be text"),
+        (lambda: Int(8, 1, 32, values=(1, 4, 2, 32)), "values must ascend, without repeats, from low to high"),
+        (lambda: Int(8, 1, 32, values=(2, 8, 32)), "values must ascend, without repeats, from low to high"),
+        (lambda: Int(8, 1, 32, values=(1, 4, 32)), "default 8 is not one of the values"),
+        (lambda: Int(8, 1, 32, values=(1, 8, 32.5)), "values: expected an integer, got 32.5"),
     ],
 )
 def test_a_bad_declaration_is_refused_when_made(make, message):

@@ -3,7 +3,7 @@
 import pytest
 
 from autonorm import SpecError, load_spec
-from autonorm.params import Categorical, Fixed, IntRange
+from autonorm.params import Categorical, Fixed, IntRange, Ordered
 from tests.conftest import TINY_SPACE, write
 
 
@@ -26,7 +26,9 @@ def test_valid_space(tmp_path):
 
 def test_search_keyword_uses_the_declared_range(tmp_path):
     spec = load_spec(write(tmp_path / "s.yaml", "space: {normalization: {groupnorm: {groups: search}}}"))
-    assert spec.space["normalization"][0].params["groups"] == IntRange(1, 32, True)
+    assert spec.space["normalization"][0].params["groups"] == Ordered((1, 2, 4, 8, 16, 32))  # declared values
+    spec = load_spec(write(tmp_path / "s.yaml", "space: {normalization: {iternorm: {group_size: search}}}"))
+    assert spec.space["normalization"][0].params["group_size"] == IntRange(1, 64, True)
     assert spec.name == "s"
 
 
