@@ -159,7 +159,13 @@ def build_training_methods(config: TrialConfig, registry: Registry | None = None
     for kind, choice in config.components.items():
         comp = registry.get(kind, choice.name)
         if comp.training_method is not None:
-            methods.append(comp.training_method(**comp.values(choice.params)))
+            method = comp.training_method(**comp.values(choice.params))
+            if not isinstance(method, TrainingMethod):  # the plugin's mistake, not a failure deep in the trainer
+                raise TypeError(
+                    f"{kind} {comp.name} (plugin {comp.plugin!r}): its factory returned {type(method).__name__}, "
+                    "not an autonorm.TrainingMethod"
+                )
+            methods.append(method)
     return methods
 
 

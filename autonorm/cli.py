@@ -21,7 +21,7 @@ from autonorm.comparison import Comparison, compare, is_protocol, load_compariso
 from autonorm.errors import SpecError, output_file
 from autonorm.final import train
 from autonorm.registry import KINDS, get_registry, unknown_name_message
-from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, default_storage, load_study, open_study
+from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, load_study, locate_study, open_study
 from autonorm.spec import load_spec
 from autonorm.storage import check_shareable, mask_url
 from autonorm.testing import CHECKED_KINDS, check_component
@@ -33,16 +33,8 @@ def _study_args(parser: argparse.ArgumentParser, protocol: bool = True) -> None:
     parser.add_argument("--storage", help="storage URL (default: sqlite:///STUDY.db, or the space's search.storage)")
 
 
-def _where(args: argparse.Namespace) -> tuple[str, str]:
-    """The study name and storage URL that ``STUDY [--storage URL]`` names."""
-    if args.study.endswith((".yaml", ".yml")):
-        spec = load_spec(args.study)
-        return spec.name, args.storage or spec.storage
-    return args.study, args.storage or default_storage(args.study)
-
-
 def _load(args: argparse.Namespace) -> StudyResults:
-    return load_study(*_where(args))
+    return load_study(args.study, args.storage)
 
 
 def cmd_search(args: argparse.Namespace, console: Console) -> int:
@@ -202,7 +194,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         path = write_report(comparison, args.output)
         console.print(f"wrote the report of comparison {comparison.name} to {path}")
         return 0
-    name, url = _where(args)
+    name, url = locate_study(args.study, args.storage)
     path = write_report(open_study(name, url), args.output, mask_url(url))
     console.print(f"wrote the report of study {name} to {path}")
     return 0

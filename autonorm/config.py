@@ -64,6 +64,12 @@ class TrialConfig(BaseModel):
         if not isinstance(source, dict):
             file = str(source)
             source, _ = read_yaml(source, "configuration")
+        if isinstance(source, dict) and {"space", "search"} & set(source) and "components" not in source:
+            raise SpecError(
+                "is a search space, not a configuration: search it, then export its best configuration with "
+                "`autonorm best STUDY -o best.yaml` (or a trial's with --trial N)",
+                file=file,
+            )
         try:
             return cls.model_validate(source)
         except ValidationError as exc:

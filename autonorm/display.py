@@ -39,7 +39,8 @@ def failures_table(registry: Registry) -> Table:
     for column in ("plugin", "package", "error"):
         table.add_column(column, overflow="fold")
     for failure in registry.failures:
-        table.add_row(failure.plugin, failure.package or "-", failure.error)
+        where = f" (at {failure.where})" if failure.where else ""
+        table.add_row(failure.plugin, failure.package or "-", failure.error + where)
     return table
 
 
@@ -203,7 +204,8 @@ class SearchProgress:
         status = " ".join(f"{n} {s}" for s, n in self.counts.items())
         best = f" best {self.spec.search.objectives[0]}={self.best:.4g}" if self.best is not None else ""
         if self.spec.search.multi_objective and self.best is not None:
-            best += f", Pareto front {len(study.best_trials)} trials"
+            front = [t for t in study.best_trials if "repeat_of" not in t.user_attrs]  # as `autonorm results`
+            best += f", Pareto front {len(front)} trials"
         self.progress.update(self.task, advance=1 if record.counts_as_done else 0, status=status + best)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -187,6 +189,8 @@ class PluginFailure:
     plugin: str
     package: str
     error: str
+    #: the file and line of the plugin's own code the error came from, if known
+    where: str = ""
 
 
 class Registry:
@@ -212,22 +216,36 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
-                self.failures.append(PluginFailure(ep.name, package, f"{type(exc).__name__}: {exc}"))
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+                self.failures.append(PluginFailure(ep.name, package, *_describe(exc, ep.module)))
                 continue
             self.register(plugin, ep.name, package)
 
     def register(self, plugin: Any, name: str | None = None, package: str = "") -> None:
         """Register a plugin object (usually a module) and collect its components; each one that cannot
-        be added (not a Component, a name already taken) is a failure of this plugin, the others stay."""
-        name = self.plugin_manager.register(plugin, name=name)
+        be added (not a Component, a name already taken) is a failure of this plugin, the others stay. A
+        plugin pluggy refuses (a hook with arguments autonorm does not pass), or one that implements no
+        autonorm hook (a misspelt name, a missing ``@autonorm.hookimpl``), is a failure too."""
+        name = name or getattr(plugin, "__name__", None) or str(id(plugin))
+        try:
+            self.plugin_manager.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            self.failures.append(PluginFailure(name, package, str(exc)))
+            return
+        if problem := _hook_problem(plugin, self.plugin_manager.get_hookcallers(plugin) or []):
+            self.failures.append(PluginFailure(name, package, problem))
+        module = getattr(plugin, "__name__", "")
         for impl in self.plugin_manager.hook.autonorm_components.get_hookimpls():
             if impl.plugin is not plugin:
                 continue
             try:
-                components = list(impl.function())
-            except Exception as exc:  # noqa: BLE001
-                self.failures.append(PluginFailure(name, package, f"{type(exc).__name__}: {exc}"))
+                components = impl.function()
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
+                self.failures.append(PluginFailure(name, package, *_describe(exc, module)))
+                continue
+            if not isinstance(components, (list, tuple)):
+                got = type(components).__name__
+                self.failures.append(PluginFailure(name, package, f"autonorm_components returned a {got}, not a list"))
                 continue
             for comp in components:
                 try:
@@ -269,6 +287,30 @@ class Registry:
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._components
+
+
+def _describe(exc: BaseException, module: str) -> tuple[str, str]:
+    """A plugin's error, and the file and line of the plugin's own code it came from (a bad declaration's
+    error names the declaration, not the component it belongs to)."""
+    top = module.split(".")[0]
+    tb = traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in tb if top and top in Path(f.filename).with_suffix("").parts]
+    return f"{type(exc).__name__}: {exc}", f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else ""
+
+
+def _hook_problem(plugin: Any, callers: list[pluggy.HookCaller]) -> str | None:
+    """Why a registered plugin will never be called, or None: it implements a hook autonorm does not
+    have (a misspelt name), or none at all."""
+    known = [name for name in vars(hookspecs) if name.startswith("autonorm_")]
+    unknown = [caller.name for caller in callers if not caller.has_spec()]
+    if unknown:
+        return "; ".join(unknown_name_message("hook", hook, known) for hook in unknown)
+    if callers:
+        return None
+    unmarked = [name for name in known if callable(getattr(plugin, name, None))]
+    if unmarked:
+        return f"{', '.join(unmarked)} is not marked with @autonorm.hookimpl, so autonorm never calls it"
+    return f"it implements no autonorm hook (expected one of {', '.join(known)}, marked with @autonorm.hookimpl)"
 
 
 def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:

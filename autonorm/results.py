@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -12,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autonorm.config import TrialConfig
 from autonorm.errors import SpecError
-from autonorm.spec import OBJECTIVE_DIRECTIONS
+from autonorm.spec import OBJECTIVE_DIRECTIONS, load_spec
 from autonorm.storage import mask_url, open_storage
 
 _STATES = {
@@ -35,6 +36,9 @@ METRIC_KEYS = (
     "latency_ms",
     "peak_memory_mb",
 )
+
+#: The direction in which each metric is better (accuracies up; losses and costs down), to rank by any.
+METRIC_DIRECTIONS = {**OBJECTIVE_DIRECTIONS, "train_loss": "minimize"}
 
 
 #: The reason of a failed trial that recorded none: its process ended before it could (killed, or it
@@ -155,7 +159,10 @@ class StudyResults:
         """The completed trial best on metric ``by`` (default: the first objective) among those whose
         metrics satisfy every bound, e.g. ``choose(at_most={"latency_ms": 0.5})``; None if none does."""
         by = by or self.objective
-        sign = -1.0 if OBJECTIVE_DIRECTIONS.get(by, "maximize") == "maximize" else 1.0
+        for metric in (by, *(at_most or {}), *(at_least or {})):
+            if metric not in METRIC_DIRECTIONS:
+                raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRIC_KEYS)}")
+        sign = -1.0 if METRIC_DIRECTIONS[by] == "maximize" else 1.0
         bounds = [(k, v, 1.0) for k, v in (at_most or {}).items()] + [(k, v, -1.0) for k, v in (at_least or {}).items()]
 
         def ok(t: TrialRecord) -> bool:
@@ -205,15 +212,25 @@ def default_storage(name: str) -> str:
     return f"sqlite:///{name}.db"
 
 
-def load_study(name: str, storage: str | None = None) -> StudyResults:
-    """Load a study by name from ``storage`` (default: ``sqlite:///NAME.db`` in the working directory)."""
-    url = storage or default_storage(name)
+def locate_study(study: str | Path, storage: str | None = None) -> tuple[str, str]:
+    """The name and storage URL of a study named ``study``, or made by the search-space YAML file
+    ``study`` (its name, and its ``search.storage``); ``storage`` overrides the storage, which is
+    otherwise ``sqlite:///NAME.db`` in the working directory for a name."""
+    if str(study).endswith((".yaml", ".yml")):
+        spec = load_spec(study)
+        return spec.name, storage or spec.storage
+    return str(study), storage or default_storage(str(study))
+
+
+def load_study(study: str | Path, storage: str | None = None) -> StudyResults:
+    """Load a study by name, or by the search-space YAML file that made it (see :func:`locate_study`)."""
+    name, url = locate_study(study, storage)
     return results_of(open_study(name, url), url)
 
 
-def open_study(name: str, storage: str | None = None) -> optuna.Study:
-    """The Optuna study itself (for plots and importances); same defaults and errors as :func:`load_study`."""
-    url = storage or default_storage(name)
+def open_study(study: str | Path, storage: str | None = None) -> optuna.Study:
+    """The Optuna study itself (for plots and importances); same arguments and errors as :func:`load_study`."""
+    name, url = locate_study(study, storage)
     backend = open_storage(url, must_exist=True)
     try:
         return optuna.load_study(study_name=name, storage=backend)

@@ -366,10 +366,13 @@ class _Parser:
         return {key: self.domain(param, raw.get(key), (*path, key)) for key, param in comp.params.items()}
 
     def domain(self, param: Param, raw: Any, path: tuple) -> Domain:
-        if raw is None:
-            return Fixed(param.default)
+        if isinstance(param, FilePath) and self.folder is not None:  # a relative path is the file's folder's
+            raw = param.default if raw in (None, SEARCH_KEYWORD) else raw
+            raw = param.resolve(raw, self.folder) if isinstance(raw, str) else raw
         if raw == SEARCH_KEYWORD:
             return param.default_domain()
+        if raw is None:
+            return Fixed(param.default)
         try:
             return parse_domain(param, raw)
         except DomainError as exc:

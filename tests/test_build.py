@@ -107,3 +107,21 @@ def test_build_model_of_a_trial_instead_of_its_config_says_what_it_takes():
     trial = autonorm.results.TrialRecord(number=0, state="complete", value=1.0, config=config())
     with pytest.raises(TypeError, match=r"a YAML file's path \(a trial's is its .config\), got TrialRecord"):
         build_model(trial)
+
+
+def test_a_training_factory_that_returns_no_training_method_is_named():
+    """A plugin's mistake fails its trial with a reason naming it, not an AttributeError in the trainer."""
+    import autonorm
+    from autonorm import Component, Registry
+    from autonorm.build import build_training_methods
+
+    class Forgetful:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            return [Component(kind="training", name="forgetful", factory=lambda: None)]
+
+    registry = Registry()
+    registry.register(Forgetful(), "forgetful_plugin")
+    chosen = config().model_copy(update={"components": {"training": autonorm.config.ComponentChoice(name="forgetful")}})
+    with pytest.raises(TypeError, match="training forgetful .plugin 'forgetful_plugin'.: its factory returned None"):
+        build_training_methods(chosen, registry)

@@ -53,6 +53,71 @@ def test_hook_that_raises_is_reported():
     assert registry.failures[0].error == "ValueError: cannot build"
 
 
+class Tracker:
+    @autonorm.hookimpl
+    def autonorm_trial_started(self, study, number, config):  # autonorm passes study_name
+        pass
+
+
+class Misspelt:
+    @autonorm.hookimpl
+    def autonorm_component(self):
+        return []
+
+
+class Unmarked:
+    def autonorm_components(self):
+        return []
+
+
+class ReturnsOne:
+    @autonorm.hookimpl
+    def autonorm_components(self):
+        return Component(kind="activation", name="lonely", factory=lambda: None)
+
+
+class Exits:
+    @autonorm.hookimpl
+    def autonorm_components(self):
+        raise SystemExit("plugin gives up")
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        (Tracker(), "Argument(s) {'study'} are declared in the hookimpl but can not be found in the hookspec"),
+        (Misspelt(), "unknown hook 'autonorm_component'; did you mean 'autonorm_components'?"),
+        (Unmarked(), "autonorm_components is not marked with @autonorm.hookimpl, so autonorm never calls it"),
+        (ReturnsOne(), "autonorm_components returned a Component, not a list"),
+        (Exits(), "SystemExit: plugin gives up"),
+    ],
+)
+def test_a_plugin_autonorm_cannot_call_is_its_failure_and_the_others_load(plugin, message):
+    registry = Registry()
+    registry.register(testing_plugin, "testing")
+    registry.register(plugin, "mistaken", "mistaken-pkg 1.0")
+    (failure,) = registry.failures
+    assert (failure.plugin, failure.package) == ("mistaken", "mistaken-pkg 1.0")
+    assert message in failure.error
+    assert "raises" in registry.names("activation")
+
+
+def test_a_bad_declaration_says_where_in_the_plugin_it_is(tmp_path, monkeypatch):
+    """The declaration's own error names neither the component nor the hyperparameter: the line does."""
+    write(
+        tmp_path / "declaring.py",
+        "import autonorm\n\n\n@autonorm.hookimpl\ndef autonorm_components():\n"
+        "    return [autonorm.Component(kind='activation', name='a', factory=lambda alpha=0.5: None,\n"
+        "                               params={'alpha': autonorm.Float(5.0, 0.0, 1.0)})]\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry()
+    registry.register(__import__("declaring"), "declaring")
+    (failure,) = registry.failures
+    assert "default 5.0 is outside [0.0, 1.0]" in failure.error
+    assert failure.where == f"{tmp_path / 'declaring.py'}, line 7"
+
+
 def test_duplicate_names_are_refused():
     registry = Registry()
     registry.register(testing_plugin, "first")

@@ -112,7 +112,7 @@ def test_pareto_front_is_optunas_best_trials():
 
 def test_choose_takes_the_best_accuracy_under_a_bound():
     def record(n: int, acc: float, latency: float) -> TrialRecord:
-        metrics = {"val_accuracy": acc, "latency_ms": latency}
+        metrics = {"val_accuracy": acc, "latency_ms": latency, "train_loss": 1 - acc}
         return TrialRecord(n, "complete", acc, None, metrics, values=(acc, latency))
 
     trials = [record(0, 0.9, 2.0), record(1, 0.8, 0.4), record(2, 0.85, 0.6), record(3, 0.7, 0.1)]
@@ -122,6 +122,9 @@ def test_choose_takes_the_best_accuracy_under_a_bound():
     assert results.choose(at_most={"latency_ms": 0.7}).number == 2
     assert results.choose(by="latency_ms", at_least={"val_accuracy": 0.8}).number == 1
     assert results.choose(at_most={"latency_ms": 0.05}) is None
+    assert results.choose(by="train_loss").number == 0  # a loss ranks down, whether an objective or not
+    with pytest.raises(ValueError, match="unknown metric 'latency'; expected one of val_accuracy, "):
+        results.choose(at_most={"latency": 0.5})
     assert [t.number for t in results.pareto_front] == [0, 2, 1, 3]
 
 
@@ -357,6 +360,22 @@ def test_live_progress_shows_counts_best_and_times(tmp_path):
     assert "tiny" in final and "3/3" in final and "3 complete 0 pruned 0 failed" in final
     assert f"best val_accuracy={best:.4g}" in final
     assert re.search(r"\d:\d\d:\d\d", final)  # elapsed (and the remaining-time column) are shown
+
+
+def test_live_progress_counts_the_pareto_front_as_the_leaderboard_does(tmp_path):
+    """A repeated configuration's trial copies an earlier outcome: it is not another point of the front."""
+    from rich.console import Console
+
+    from autonorm import display
+
+    spec = autonorm.load_spec(write(tmp_path / "m.yaml", TINY_SPACE + "  objective: [val_accuracy, latency_ms]\n"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, attrs in (((0.9, 2.0), {}), ((0.8, 1.0), {}), ((0.8, 1.0), {"repeat_of": 1})):
+        study.add_trial(optuna.trial.create_trial(values=list(values), user_attrs=attrs))
+    screen = io.StringIO()
+    with display.SearchProgress(spec, 0, Console(file=screen, width=160, color_system=None)) as progress:
+        progress.callback(study, study.trials[-1])
+    assert "Pareto front 2 trials" in screen.getvalue()
 
 
 def test_the_report_lists_failed_and_diverged_trials_with_their_reasons():

@@ -34,6 +34,8 @@ def test_search_then_load_best_and_rebuild(tmp_path):
     assert results.count("complete") == 3
     loaded = autonorm.load_study("tiny")
     assert [t.value for t in loaded.trials] == [t.value for t in results.trials]
+    by_file = autonorm.load_study(tmp_path / "tiny.yaml")  # as the commands take it: the space file's study
+    assert [t.value for t in by_file.trials] == [t.value for t in results.trials]
     best = loaded.best
     assert best.value == max(t.value for t in loaded.trials)
     assert best.metrics["params"] > 0 and "latency_ms" in best.metrics

@@ -5,6 +5,7 @@ import pytest
 from autonorm import SpecError, load_spec
 from autonorm.params import Categorical, Fixed, IntRange, Ordered
 from tests.conftest import TINY_SPACE, write
+from tests.helpers import registry_with_test_components
 
 
 def error_of(tmp_path, text: str) -> SpecError:
@@ -30,6 +31,18 @@ def test_search_keyword_uses_the_declared_range(tmp_path):
     spec = load_spec(write(tmp_path / "s.yaml", "space: {normalization: {iternorm: {group_size: search}}}"))
     assert spec.space["normalization"][0].params["group_size"] == IntRange(1, 64, True)
     assert spec.name == "s"
+
+
+def test_a_components_relative_file_path_is_read_from_the_space_files_folder(tmp_path, monkeypatch):
+    """As for a dataset's: the space reads the same files from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spaces").mkdir()
+    registry = registry_with_test_components()
+    cases = (("{}", "table.txt"), ("{table: other.txt}", "other.txt"), ("{table: /abs.txt}", "/abs.txt"))
+    for given, expected in cases:
+        path = write(tmp_path / "spaces" / "s.yaml", f"space: {{activation: {{reads_a_file: {given}}}}}")
+        (candidate,) = load_spec(path, registry).space["activation"]
+        assert candidate.params["table"] == Fixed(str(tmp_path / "spaces" / expected)), given
 
 
 def test_yaml_syntax_error_has_line_and_column(tmp_path):

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import autonorm
-from autonorm import Component
+from autonorm import Component, FilePath
 
 
 class Explode(nn.Module):
@@ -48,5 +48,11 @@ def autonorm_components():
             own_activation=lambda num_channels: nn.Tanh(),
         ),
         Component(kind="normalization", name="no_elu", factory=Shift, excludes=("activation:elu",)),
+        Component(
+            kind="activation",
+            name="reads_a_file",
+            factory=lambda num_channels, table="table.txt": nn.Identity(),
+            params={"table": FilePath("table.txt")},
+        ),
         Component(kind="pooling", name="needs_resnet", factory=lambda: nn.Flatten(2), requires=("model:resnet",)),
     ]
