@@ -31,7 +31,6 @@ import numpy as np
 import optuna
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from scipy import stats
 
 from autonorm.api import search
 from autonorm.backends.optuna import open_search_study
@@ -70,6 +69,14 @@ class _Protocol(BaseModel):
     search: dict[str, Any] = {}
 
 
+def _stats() -> Any:
+    """scipy.stats, imported when a comparison's statistics are computed: it takes half a second to
+    import, which every command would otherwise pay."""
+    from scipy import stats
+
+    return stats
+
+
 @dataclass
 class Cell:
     """One (task, candidate) result: test accuracies over seeds, costs, or why it failed."""
@@ -90,7 +97,7 @@ class Cell:
         n = len(self.accuracies)
         if n < 2:
             return 0.0 if n else None
-        return float(stats.t.ppf(0.975, n - 1) * np.std(self.accuracies, ddof=1) / math.sqrt(n))
+        return float(_stats().t.ppf(0.975, n - 1) * np.std(self.accuracies, ddof=1) / math.sqrt(n))
 
 
 @dataclass
@@ -110,7 +117,7 @@ class Comparison:
         ranks = {c: [] for c in self.candidates}
         for task in self.tasks:
             scores = [self.cells[task, c].mean for c in self.candidates]
-            ranked = stats.rankdata([-(s if s is not None else -math.inf) for s in scores])
+            ranked = _stats().rankdata([-(s if s is not None else -math.inf) for s in scores])
             for c, r in zip(self.candidates, ranked, strict=True):
                 ranks[c].append(float(r))
         return {c: float(np.mean(r)) for c, r in ranks.items()}
@@ -120,7 +127,7 @@ class Comparison:
         ok = [c for c in self.candidates if all(self.cells[t, c].mean is not None for t in self.tasks)]
         if len(self.tasks) < 2 or len(ok) < 3:
             return None
-        result = stats.friedmanchisquare(*[[self.cells[t, c].mean for t in self.tasks] for c in ok])
+        result = _stats().friedmanchisquare(*[[self.cells[t, c].mean for t in self.tasks] for c in ok])
         return float(result.statistic), float(result.pvalue)
 
     def versus_baseline(self) -> dict[str, float]:
@@ -138,7 +145,7 @@ class Comparison:
                 b += y[: len(x)]
             diffs = np.subtract(a, b)
             if len(diffs) and np.any(diffs != 0):
-                raw[c] = float(stats.wilcoxon(a, b).pvalue)
+                raw[c] = float(_stats().wilcoxon(a, b).pvalue)
             elif len(diffs):
                 raw[c] = 1.0
         return holm(raw)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError
@@ -114,6 +113,8 @@ def _load(
 def _split(name: str, x: np.ndarray, y: np.ndarray, fraction: float, seed: int, key: str) -> tuple[np.ndarray, ...]:
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
+    from sklearn.model_selection import train_test_split  # here: importing scikit-learn takes a second
+
     try:
         return tuple(train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify))
     except ValueError as exc:  # too few samples for the fraction, or for one per class on each side

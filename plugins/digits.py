@@ -13,8 +13,6 @@ fractions (0.2 test, then 0.2 validation) and seeds as autonorm's default split,
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import autonorm
 from autonorm import Arrays, Component, Float
@@ -30,6 +28,9 @@ def long_tail_counts(counts: np.ndarray, imbalance: float) -> np.ndarray:
 def digits(imbalance: float = 1.0) -> Arrays:
     """scikit-learn's 8x8 handwritten digits as (N, 1, 8, 8) images with pixel values in [0, 1]; with
     ``imbalance`` > 1, a long-tailed training split (largest / smallest class = ``imbalance``)."""
+    from sklearn.datasets import load_digits  # here: importing scikit-learn takes a second every command paid
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None]
     y = bunch.target.astype(np.int64)
