@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
+import torch
 from rich.console import Console
 from rich.markup import escape
 
-from autonorm import display
+from autonorm import __version__, display
 from autonorm.api import search
 from autonorm.backends.optuna import done_count, open_search_study
 from autonorm.backends.workers import STORAGE_ENV, interrupt_once, run_worker, worker_spec
@@ -130,6 +131,10 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
         _print_comparison(load_comparison(args.study), console)
         return 0
     results = _load(args)
+    if args.jsonl:  # every trial, as `search --jsonl` prints them
+        for trial in results.trials:
+            print(display.trial_json(trial, results.objectives))
+        return 0
     _print_results(results, args.top, console)
     return 0
 
@@ -277,6 +282,9 @@ def positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autonorm", description=__doc__)
+    python = sys.version.split()[0]
+    versions = f"autonorm {__version__} (torch {torch.__version__}, optuna {optuna.__version__}, Python {python})"
+    parser.add_argument("--version", action="version", version=versions)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("search", help="run or resume the search a space file describes")
@@ -313,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="print a study's leaderboard")
     _study_args(p)
     p.add_argument("--top", type=positive, default=10)
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per trial instead, as search --jsonl prints")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("best", help="write the best trial's configuration as YAML")
@@ -359,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # a file the command reads or writes: the system's reason, without a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         Console(stderr=True).print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False)

@@ -1,6 +1,8 @@
 """Every command end to end. Two tests run the installed ``autonorm`` executable as a user does;
 the others call the same entry point in-process, because each new process spends seconds importing torch."""
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import yaml
 
 import autonorm
 from autonorm.cli import main
-from tests.conftest import TINY_SPACE, run_cli, write
+from tests.conftest import AUTONORM, TINY_SPACE, run_cli, write
 
 
 @pytest.fixture
@@ -94,6 +96,10 @@ def test_search_resume_results_best(tmp_path, cli):
     assert "lr" in board and "head" not in board  # only the columns that vary
     board_by_file, _ = cli("results", str(space))
     assert board_by_file == board
+    lines, _ = cli("results", "tiny", "--jsonl")  # every trial, as search --jsonl prints them
+    rows = [json.loads(line) for line in lines.splitlines()]
+    assert [r["number"] for r in rows] == [0, 1, 2, 3] and {r["state"] for r in rows} == {"complete"}
+    assert max(r["value"] for r in rows) == autonorm.load_study("tiny").best.value
     cli("best", "tiny", "-o", "best.yaml")
     config = autonorm.TrialConfig.load(tmp_path / "best.yaml")
     assert config.model.name == "small_cnn" and config.input_shape == (1, 8, 8)
@@ -102,6 +108,22 @@ def test_search_resume_results_best(tmp_path, cli):
         "batchnorm",
         "groupnorm",
     )
+
+
+def test_version_names_autonorm_torch_and_optuna(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith(f"autonorm {autonorm.__version__} (torch ") and "optuna" in out
+
+
+def test_output_piped_to_a_reader_that_goes_away_ends_quietly(tmp_path):
+    """``autonorm results STUDY --jsonl | head -1``: no 'Broken pipe' error, no traceback."""
+    run_cli("search", str(write(tmp_path / "tiny.yaml", TINY_SPACE)), "-q")
+    proc = subprocess.Popen([AUTONORM, "results", "tiny", "--jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the command has imported torch and written its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""
 
 
 def test_results_of_a_missing_study_is_a_clear_error(cli):
