@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
@@ -17,10 +17,11 @@ from rich.markup import escape
 from autonorm import __version__, display
 from autonorm.api import search
 from autonorm.backends.optuna import done_count, open_search_study
-from autonorm.backends.workers import STORAGE_ENV, interrupt_once, run_worker, worker_spec
+from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
 from autonorm.comparison import Comparison, compare, is_protocol, load_comparison, load_protocol
 from autonorm.errors import SpecError, output_file
 from autonorm.final import train
+from autonorm.interrupts import interrupted_once, stop_if_interrupted
 from autonorm.registry import KINDS, get_registry, unknown_name_message
 from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, load_study, locate_study, open_study
 from autonorm.spec import load_spec
@@ -55,16 +56,22 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
             f"note: Optuna cannot prune a multi-objective search; pruner {spec.search.pruner!r} is off "
             "and every trial trains all its epochs"
         )
+    # Ray handles Ctrl-C itself; an Optuna search takes the first one only, and does not lose it
+    optuna_backend = spec.search.backend == "optuna"
+    guard = interrupted_once() if optuna_backend else nullcontext()
+    stop = [stop_if_interrupted] if optuna_backend else []
     if args.jsonl:
         reporter = display.JsonLinesReporter(spec.search.objectives)
-        results = search(spec, registry=registry, callbacks=[reporter.callback])
+        with guard:
+            results = search(spec, registry=registry, callbacks=[reporter.callback, *stop])
         console.print(display.summary(results))
         return 0
     if args.quiet:
-        results = search(spec, registry=registry)
+        with guard:
+            results = search(spec, registry=registry, callbacks=stop)
     else:
-        with display.SearchProgress(spec, already, console) as progress:
-            results = search(spec, registry=registry, callbacks=[progress.callback])
+        with guard, display.SearchProgress(spec, already, console) as progress:
+            results = search(spec, registry=registry, callbacks=[progress.callback, *stop])
     _print_results(results, args.top, console)
     console.print(display.best_panel(results.best, results.objective))
     return 0
@@ -87,11 +94,8 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if not args.quiet:
         console.print(f"worker joined study {spec.name} in {mask_url(spec.storage)}: {spec.search.trials} trials")
-    previous = signal.signal(signal.SIGINT, interrupt_once)
-    try:
-        results = run_worker(spec, registry)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with interrupted_once():
+        results = run_worker(spec, registry, callbacks=[stop_if_interrupted])
     if not args.quiet:
         console.print(display.summary(results))
     return 0
@@ -376,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Console(stderr=True).print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; run the same command again to resume")
+        if not (args.command == "worker" and args.quiet):  # the workers of --workers N: their parent says it
+            Console(stderr=True).print("interrupted; run the same command again to resume")
         return 130
 
 

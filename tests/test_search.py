@@ -253,6 +253,20 @@ def test_a_pruned_configuration_proposed_again_trains_if_the_pruner_would_now_le
         assert "promoted_from" not in again.user_attrs and "history" not in again.user_attrs
 
 
+def test_a_search_stops_when_the_study_has_its_trials_even_those_a_joined_worker_finished(tmp_path):
+    """``autonorm worker`` may join a plain search: their trials together make the count, not each one's."""
+    path = write(tmp_path / "tiny.yaml", TINY_SPACE.replace("trials: 3", "trials: 4"))
+
+    def another_worker_finishes_two(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.number == 0:
+            for _ in range(2):
+                study.add_trial(optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
+                                                          value=0.5, user_attrs={"worker": "elsewhere"}))  # fmt: skip
+
+    results = autonorm.search(path, callbacks=[another_worker_finishes_two])
+    assert len(results.trials) == 4 and results.count("complete") == 4
+
+
 def test_a_resumed_space_with_other_fixed_settings_trains_its_configurations_again(tmp_path):
     """The same choices under other epochs (or data, model, fixed settings) are another experiment."""
     raw = {

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,8 +19,9 @@ from sqlalchemy.engine import make_url
 
 import autonorm
 from autonorm.backends.optuna import open_search_study
-from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR, interrupt_once
+from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR
 from autonorm.cli import main
+from autonorm.interrupts import interrupt_once
 from autonorm.results import STOPPED, TrialRecord
 from autonorm.storage import open_storage
 from tests.conftest import AUTONORM, write
@@ -110,6 +113,26 @@ def test_a_killed_worker_trial_is_retried_by_another_and_none_is_lost(tmp_path, 
     assert len({t.number for t in done}) == 3
 
 
+def test_on_a_journal_file_a_killed_workers_trial_is_failed_and_retried(tmp_path):
+    """A journal has no heartbeats: the trial of a worker killed on this machine stayed running, and taken,
+    for good, and the search could not finish."""
+    space = write(tmp_path / "k.yaml", SPACE.format(name="k", epochs=1, trials=2))
+    url = "journal:///k.log"
+    autonorm.search(space, storage=url)
+    study = optuna.load_study(study_name="k", storage=open_storage(url))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask()
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    assert autonorm.load_study("k", url).counts() == "2 complete, 0 pruned, 0 failed, 1 running"
+    assert main(["worker", "k", "--storage", url, "--trials", "3", "-q"]) == 0
+    trials = records(url, "k")
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert TrialRecord.from_frozen(trials[orphan.number]).reason == STOPPED
+    assert sum(TrialRecord.from_frozen(t).counts_as_done for t in trials) == 3 and len(trials) == 4
+    assert autonorm.load_study("k", url).counts() == "3 complete, 0 pruned, 0 failed, 1 interrupted"
+
+
 def test_ctrl_c_records_interrupted_trials_and_the_rerun_finishes_only_the_missing(tmp_path):
     space = write(tmp_path / "c.yaml", SPACE.format(name="c", epochs=4, trials=3))
     url = "journal:///c.log"
@@ -124,7 +147,7 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_finishes_only_the_missi
     finally:
         if parent.poll() is None:
             parent.kill()
-    assert parent.returncode == 130 and "run the same command again to resume" in err
+    assert parent.returncode == 130 and err.count("run the same command again to resume") == 1  # not per worker
     trials = records(url, "c")
     assert not [t for t in trials if not t.state.is_finished()]  # no trial left running
     interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]

@@ -171,12 +171,18 @@ def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callbac
     data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
     study = open_search_study(spec)
     missing = spec.search.trials - done_count(study)
+
+    def stop_at_target(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Workers that joined (``autonorm worker``) finish trials too: stop when the study has enough."""
+        if done_count(study) >= spec.search.trials:
+            study.stop()
+
     if missing > 0:
         study.optimize(
             make_objective(spec, data, registry),
             n_trials=missing,
             timeout=spec.search.timeout,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, stop_at_target],
             gc_after_trial=False,
         )
     return results_of(study, spec.storage)

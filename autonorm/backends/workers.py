@@ -6,8 +6,9 @@ by trials numbered before it steps aside before it trains (it is recorded as int
 needed"), so the study ends with exactly the requested number of finished trials. A trial whose
 worker was killed stops sending heartbeats (RDB storages); the next worker to look marks it failed
 and Optuna's :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` queues a copy with the same
-parameters, which a worker picks up first. The study's own storage is the only channel between
-workers, so a worker on another machine joins with nothing but the storage URL.
+parameters, which a worker picks up first (a journal file has no heartbeats: see :func:`fail_orphans`).
+The study's own storage is the only channel between workers, so a worker on another machine joins
+with nothing but the storage URL.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -85,6 +85,8 @@ def run_worker(
             with warnings.catch_warnings():  # marked experimental; heartbeats are what crash recovery relies on
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
+        else:
+            fail_orphans(study)
         done, running, waiting = _tally(study.get_trials(deepcopy=False))
         if done >= target:
             break
@@ -95,6 +97,33 @@ def run_worker(
         else:
             break
     return results_of(study, spec.storage)
+
+
+def fail_orphans(study: optuna.Study) -> None:
+    """A storage without heartbeats (a journal file) never learns that a worker died, and its trial would
+    stay running, and taken, for good: a running trial whose worker was a process of this machine that
+    no longer exists is marked failed (its reason: the process stopped) and a copy with its parameters
+    is queued, as heartbeats would have it. Workers on other machines cannot be checked from here."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if where != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except ValueError:  # another worker got there first
+            continue
+        study.enqueue_trial(t.params, skip_if_exists=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def worker_spec(study_name: str, storage: str, registry: Registry, trials: int | None = None) -> SearchSpec:
@@ -115,18 +144,6 @@ def worker_spec(study_name: str, storage: str, registry: Registry, trials: int |
     spec.name = study_name
     spec.override(storage=storage, trials=trials if trials is not None else study.user_attrs.get(TARGET_ATTR))
     return spec
-
-
-def interrupt_once(signum: int, frame: Any) -> None:
-    """SIGINT handler of a worker process: the first Ctrl-C interrupts it, later ones are ignored.
-
-    A terminal's Ctrl-C reaches the workers of ``--workers N`` and their parent, which passes it on
-    to the workers it started: a second KeyboardInterrupt while a worker records its trial as
-    interrupted would leave that trial failed without a reason. The worker exits once it has
-    recorded the trial (SIGTERM and SIGKILL still stop it at once).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 def run_workers(spec: SearchSpec, workers: int, callbacks: Sequence[Callback] = (), poll: float = 1.0) -> StudyResults:
