@@ -3,6 +3,7 @@
 import pytest
 
 from autonorm import SpecError, load_spec
+from autonorm.backends.optuna import stored_space
 from autonorm.params import Categorical, Fixed, IntRange, Ordered
 from tests.conftest import TINY_SPACE, write
 from tests.helpers import registry_with_test_components
@@ -43,6 +44,19 @@ def test_a_components_relative_file_path_is_read_from_the_space_files_folder(tmp
         path = write(tmp_path / "spaces" / "s.yaml", f"space: {{activation: {{reads_a_file: {given}}}}}")
         (candidate,) = load_spec(path, registry).space["activation"]
         assert candidate.params["table"] == Fixed(str(tmp_path / "spaces" / expected)), given
+
+
+def test_the_stored_space_keeps_a_components_resolved_file_path_for_workers(tmp_path, monkeypatch):
+    """A worker runs the space stored in the study, from its own working directory."""
+    (tmp_path / "spaces").mkdir()
+    registry = registry_with_test_components()
+    path = write(tmp_path / "spaces" / "s.yaml", "space: {activation: [relu, reads_a_file], normalization: batchnorm}")
+    stored = stored_space(load_spec(path, registry))
+    table = str(tmp_path / "spaces" / "table.txt")
+    assert stored["space"]["activation"] == {"relu": {}, "reads_a_file": {"table": table}}
+    monkeypatch.chdir(tmp_path)
+    reread = load_spec(stored, registry).space["activation"][1]
+    assert reread.params["table"] == Fixed(table)
 
 
 def test_yaml_syntax_error_has_line_and_column(tmp_path):

@@ -17,11 +17,11 @@ import optuna
 from autonorm.data import load_data
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective
-from autonorm.params import FilePath, Ordered
+from autonorm.params import FilePath, Fixed, Ordered
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, results_of
 from autonorm.space import searched_domains
-from autonorm.spec import SearchSpec
+from autonorm.spec import Candidate, SearchSpec
 from autonorm.storage import mask_url, open_storage
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -159,7 +159,24 @@ def stored_space(spec: SearchSpec) -> dict:
     if files:  # resolved from the space file's folder: a worker reads the same files from anywhere
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {"dataset": spec.dataset.name}
         raw["data"] = {**data, **files}
+    for kind, candidates in spec.space.items():  # and so are the components' files
+        for cand in candidates:
+            paths = _resolved_paths(cand)
+            if paths:  # the kind's names, as a mapping of each to its parameters (a default: not in the file)
+                given = raw.setdefault("space", {}).get(kind, cand.name)
+                names = [given] if isinstance(given, str) else given
+                named = given if isinstance(given, dict) else {n: {} for n in names}
+                raw["space"][kind] = {**named, cand.name: {**(named.get(cand.name) or {}), **paths}}
+    model_paths = _resolved_paths(spec.model)
+    if model_paths:
+        raw["model"] = {**raw.get("model", {}), **model_paths}
     return raw
+
+
+def _resolved_paths(cand: Candidate) -> dict[str, str]:
+    """A candidate's file and folder hyperparameters, as resolved when the space was read."""
+    declared = cand.component.params
+    return {k: d.value for k, d in cand.params.items() if isinstance(declared[k], FilePath) and isinstance(d, Fixed)}
 
 
 def done_count(study: optuna.Study) -> int:
