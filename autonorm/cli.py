@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -132,7 +133,12 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_results(args: argparse.Namespace, console: Console) -> int:
     if is_protocol(args.study):
-        _print_comparison(load_comparison(args.study), console)
+        comparison = load_comparison(args.study)
+        if args.jsonl:  # one line per (task, candidate) cell
+            for record in comparison.records():
+                print(json.dumps(record))
+            return 0
+        _print_comparison(comparison, console)
         return 0
     results = _load(args)
     if args.jsonl:  # every trial, as `search --jsonl` prints them
@@ -325,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="print a study's leaderboard")
     _study_args(p)
     p.add_argument("--top", type=positive, default=10)
-    p.add_argument("--jsonl", action="store_true", help="one JSON object per trial instead, as search --jsonl prints")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per trial (per cell of a comparison) instead")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("best", help="write the best trial's configuration as YAML")

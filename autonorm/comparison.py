@@ -223,6 +223,9 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
             raise fail(("tasks", i, "name"), f"task name {task.name!r} is used twice (each task has its own studies)")
     if proto.baseline is not None and proto.baseline not in candidates:
         raise fail(("baseline",), f"baseline {proto.baseline!r} is not among the candidates {candidates}")
+    if proto.kind in proto.space:
+        message = f"the candidates are the {proto.kind} choices compared; leave {proto.kind} out of space"
+        raise fail(("space", proto.kind), message)
     proto.candidates = candidates
     specs = {}
     for i, task in enumerate(proto.tasks):
@@ -242,8 +245,21 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
                 if exc.path and exc.path.startswith(f"space.{proto.kind}."):
                     specs[task.name, cand] = exc  # an incompatible candidate: shown in its cell
                     continue
-                raise fail(("tasks", i), f"{exc.path}: {exc.message}" if exc.path else exc.message) from None
+                raise fail(_protocol_path(exc.path, i, proto), exc.message) from None
     return proto, specs
+
+
+def _protocol_path(path: str | None, task: int, proto: _Protocol) -> tuple:
+    """Where in the protocol file a key of a pair's space is: its data in the task, its training settings
+    under ``train`` or ``tune``, the rest under the section of the same name."""
+    if not path:
+        return ("tasks", task)
+    section, *rest = path.split(".")
+    if section == "data":
+        return ("tasks", task, "data", *rest)
+    if section == "train" and rest and rest[0] in proto.tune:
+        return ("tune", *rest)
+    return (section, *rest)
 
 
 # ---------------------------------------------------------------- running

@@ -1,5 +1,6 @@
 """Comparisons across tasks: statistics on hand-made numbers, resume, failures shown in their cell."""
 
+import json
 import math
 
 import numpy as np
@@ -139,14 +140,19 @@ def test_protocol_errors_name_the_place(tmp_path):
         load_protocol(path, autonorm.get_registry())
     with pytest.raises(SpecError, match="baseline 'x' is not among the candidates"):
         load_protocol({**PROTOCOL, "baseline": "x"}, registry_with_test_components())
-    with pytest.raises(SpecError, match="tasks.0: data.dataset: unknown dataset 'digit'"):
+    with pytest.raises(SpecError, match="tasks.0.data.dataset: unknown dataset 'digit'"):
         tasks = [{"name": "d", "data": {"dataset": "digit"}}]
         load_protocol({**PROTOCOL, "tasks": tasks}, registry_with_test_components())
+    path.write_text("name: p\nkind: normalization\ntasks: [{name: d, data: {}}]\ntune: {lrr: [0.1, 0.2]}\n")
+    with pytest.raises(SpecError, match=r"p.yaml:4:8: tune.lrr: unknown key"):  # a pair's keys, in the protocol
+        load_protocol(path, autonorm.get_registry())
     twice = [{"name": "d", "data": {"dataset": "digits"}}, {"name": "d", "data": {"dataset": "digits", "imbalance": 5}}]
     for protocol, message in [
         ({"tasks": twice}, "tasks.1.name: task name 'd' is used twice"),
         ({"candidates": ["batchnorm", "explode", "batchnorm"]}, "candidates.2: 'batchnorm' is listed twice"),
         ({"candidates": [], "baseline": None}, "candidates: an empty list; leave the key out"),
+        ({"model": {"backbone": "smal_cnn"}}, "model.backbone: unknown model 'smal_cnn'"),
+        ({"space": {"normalization": ["layernorm"]}}, "space.normalization: the candidates are the normalization"),
     ]:
         with pytest.raises(SpecError, match=message):
             load_protocol({**PROTOCOL, **protocol}, registry_with_test_components())
@@ -173,6 +179,9 @@ def test_compare_results_and_report_through_the_cli(tmp_path):
 
     results = run_cli("results", str(protocol))
     assert shown in results.stdout and "Friedman test over tasks" in results.stdout
+    rows = [json.loads(line) for line in run_cli("results", str(protocol), "--jsonl").stdout.splitlines()]
+    row = next(r for r in rows if (r["task"], r["candidate"]) == ("tail", "groupnorm"))
+    assert row["accuracies"] == cell.accuracies and row["n"] == 2
 
     run_cli("report", str(protocol), "-o", str(tmp_path / "cmp.html"))
     page = (tmp_path / "cmp.html").read_text()
