@@ -57,12 +57,14 @@ def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
     configs = [t.config for t in results.trials if t.config is not None]
     kinds = [k for k in SEARCHED_KINDS if len({_choice(c.components.get(k)) for c in configs}) > 1]
     train_keys = [k for k in TRAIN_PARAMS if len({repr(c.train.get(k)) for c in configs}) > 1]
+    epochs = ["epochs"] if len({c.epochs for c in configs}) > 1 else []  # a space edited between sessions
     table = Table(
         title=f"{results.name}: top {limit} by {results.objective} ({results.direction})", title_justify="left"
     )
     pareto = {t.number for t in results.pareto_front} if results.multi_objective else None
     states = ["state", "pareto"] if pareto is not None else ["state"]
-    for column in ("#", "trial", *states, results.objective, *kinds, *train_keys, "params", "train s", "latency ms"):
+    costs = ("params", "train s", "latency ms")
+    for column in ("#", "trial", *states, results.objective, *kinds, *train_keys, *epochs, *costs):
         table.add_column(column, justify="right" if column in ("#", "trial") else "left")
     for rank, t in enumerate(results.leaderboard(limit), 1):
         comps = t.config.components if t.config else {}
@@ -75,6 +77,7 @@ def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
             _fmt(t.value),
             *(_choice(comps.get(kind)) for kind in kinds),
             *(_fmt(train.get(key), 3) for key in train_keys),
+            *([str(t.config.epochs) if t.config else "-"] if epochs else []),
             _fmt(int(t.metrics["params"]) if "params" in t.metrics else None),
             _fmt(t.metrics.get("train_seconds"), 3),
             _fmt(t.metrics.get("latency_ms"), 3),

@@ -1,10 +1,12 @@
 """Searches through the Python API: results, resume, failures recorded while the search goes on."""
 
+import io
 import math
 
 import optuna
 import pytest
 import torch
+from rich.console import Console
 
 import autonorm
 from autonorm import display, load_spec
@@ -282,6 +284,9 @@ def test_a_resumed_space_with_other_fixed_settings_trains_its_configurations_aga
     later = longer.trials[4:]
     assert all(t.repeat_of is None or t.repeat_of >= 4 for t in later)
     assert {t.config.epochs for t in later} == {2}
+    board = io.StringIO()
+    Console(file=board, width=200).print(display.leaderboard_table(longer))
+    assert "epochs" in board.getvalue()  # the trials of both sessions are told apart
 
 
 class Tracker:
