@@ -69,6 +69,10 @@ class _Protocol(BaseModel):
     search: dict[str, Any] = {}
 
 
+#: The error of a cell whose pair has no study yet.
+NOT_RUN = "not run yet"
+
+
 def _stats() -> Any:
     """scipy.stats, imported when a comparison's statistics are computed: it takes half a second to
     import, which every command would otherwise pay."""
@@ -113,14 +117,17 @@ class Comparison:
     seeds: int = 3
 
     def average_ranks(self) -> dict[str, float]:
-        """Mean over tasks of each candidate's rank by mean accuracy (failed cells rank last)."""
-        ranks = {c: [] for c in self.candidates}
+        """Mean over tasks of each candidate's rank by mean accuracy (failed cells rank last); only the
+        tasks whose every cell has run count (NaN while none has)."""
+        ranks: dict[str, list[float]] = {c: [] for c in self.candidates}
         for task in self.tasks:
+            if any(self.cells[task, c].error == NOT_RUN for c in self.candidates):
+                continue
             scores = [self.cells[task, c].mean for c in self.candidates]
             ranked = _stats().rankdata([-(s if s is not None else -math.inf) for s in scores])
             for c, r in zip(self.candidates, ranked, strict=True):
                 ranks[c].append(float(r))
-        return {c: float(np.mean(r)) for c, r in ranks.items()}
+        return {c: float(np.mean(r)) if r else math.nan for c, r in ranks.items()}
 
     def friedman(self) -> tuple[float, float] | None:
         """Friedman chi-square and p-value over tasks, or None when it does not apply."""
@@ -339,7 +346,7 @@ def stored_pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
     except SpecError as exc:
         if exc.path not in ("study", "storage"):  # an unreachable database is an error, not "not run yet"
             raise
-        return Cell(task, cand, error="not run yet")
+        return Cell(task, cand, error=NOT_RUN)
     done = study.user_attrs.get("seed_results", {})
     if not done:
         trials = results_of(study, spec.storage).trials

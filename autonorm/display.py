@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from typing import IO, Any
@@ -246,7 +247,7 @@ def comparison_table(comparison: Any) -> Table:
         table.add_row(
             cand,
             *shown,
-            f"{ranks[cand]:.2f}",
+            "-" if math.isnan(ranks[cand]) else f"{ranks[cand]:.2f}",
             p,
             _fmt(int(mean_cost["params"]) if "params" in mean_cost else None),
             _fmt(mean_cost.get("train_seconds"), 3),

@@ -98,7 +98,8 @@ def _comparison_table(comparison: Comparison) -> str:
         ]
         cost = comparison.mean_costs(cand)
         p = "baseline" if cand == comparison.baseline else _fmt(pvalues.get(cand))
-        rows.append((cand, *shown, f"{ranks[cand]:.2f}", p, *(_fmt(cost.get(k)) for k in COST_KEYS)))
+        rank = "-" if math.isnan(ranks[cand]) else f"{ranks[cand]:.2f}"
+        rows.append((cand, *shown, rank, p, *(_fmt(cost.get(k)) for k in COST_KEYS)))
     columns = (comparison.kind, *comparison.tasks, "average rank", "p (Wilcoxon, Holm)", *COST_KEYS)
     friedman = comparison.friedman()
     test = (

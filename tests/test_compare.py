@@ -51,6 +51,19 @@ def test_average_ranks_share_ties():
     assert ranks == {"a": pytest.approx((1 + 2 + 1.5) / 3), "b": pytest.approx((2 + 1 + 1.5) / 3), "c": 3.0}
 
 
+def test_average_ranks_leave_out_the_tasks_not_run_yet():
+    """An interrupted comparison: a cell with no study yet is not a failure that ranks last."""
+    partial = table(HAND)
+    partial.cells["t3", "c"] = Cell("t3", "c", error=compare_module.NOT_RUN)
+    assert partial.average_ranks() == {"a": 1.5, "b": 1.5, "c": 3.0}  # t1 and t2 only
+    for task in ("t1", "t2"):
+        partial.cells[task, "a"] = Cell(task, "a", error=compare_module.NOT_RUN)
+    assert all(math.isnan(rank) for rank in partial.average_ranks().values())
+    console = Console(record=True, width=200)
+    console.print(display.comparison_table(partial))
+    assert "nan" not in console.export_text()  # shown as "-"
+
+
 def test_friedman_matches_the_textbook_formula():
     chi2, p = table(HAND).friedman()
     # Friedman's statistic with the tie correction scipy applies: ranks per task as above
