@@ -101,6 +101,15 @@ def pareto_table(results: StudyResults) -> Table:
     return table
 
 
+def _reason(record: TrialRecord) -> str | None:
+    """Why a trial ended as it did: its recorded reason, or for one the pruner stopped, when."""
+    if record.reason is not None or record.state != "pruned":
+        return record.reason
+    if record.epochs_done:
+        return f"pruned after epoch {record.epochs_done}"
+    return "pruned" if record.repeat_of is None else f"same configuration as trial {record.repeat_of}, which was pruned"
+
+
 def trial_json(record: TrialRecord, objectives: list[str]) -> str:
     """One finished trial as a line of JSON, for scripts and CI logs."""
     values = dict(zip(objectives, record.values, strict=False)) if record.values else None
@@ -110,7 +119,7 @@ def trial_json(record: TrialRecord, objectives: list[str]) -> str:
             "state": record.state,
             "value": record.value,
             "values": values,
-            "reason": record.reason,
+            "reason": _reason(record),
             "summary": record.summary,
             "config": record.config.model_dump(mode="json") if record.config else None,
             "metrics": record.metrics,

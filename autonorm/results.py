@@ -64,6 +64,8 @@ class TrialRecord:
     repeat_of: int | None = None
     #: The one-liner of the components a trial chose when it was rejected before it had a configuration.
     chosen: str | None = None
+    #: The epochs a trial reported before it finished (a pruned trial: when the pruner stopped it).
+    epochs_done: int | None = None
 
     @classmethod
     def from_frozen(cls, t: FrozenTrial) -> TrialRecord:
@@ -81,6 +83,7 @@ class TrialRecord:
             values=values,
             repeat_of=t.user_attrs.get("repeat_of"),
             chosen=t.user_attrs.get("summary"),
+            epochs_done=t.last_step,
         )
 
     @property

@@ -179,6 +179,18 @@ def test_jsonl_prints_one_object_per_finished_trial(tmp_path, cli):
     assert "2 complete" in err
 
 
+def test_jsonl_says_when_the_pruner_stopped_a_trial():
+    from autonorm.display import trial_json
+
+    pruned = optuna.trial.TrialState.PRUNED
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=pruned, intermediate_values={1: 0.2, 2: 0.3}))
+    study.add_trial(optuna.trial.create_trial(state=pruned, user_attrs={"repeat_of": 0}))
+    lines = [json.loads(trial_json(t, ["val_accuracy"])) for t in results_of(study, "").trials]
+    reasons = [line["reason"] for line in lines]
+    assert reasons == ["pruned after epoch 2", "same configuration as trial 0, which was pruned"]
+
+
 def test_resuming_with_other_objectives_is_an_error(tmp_path, cli):
     space = write(
         tmp_path / "tiny.yaml", TINY_SPACE.replace("trials: 3", "trials: 1").replace("epochs: 2", "epochs: 1")
