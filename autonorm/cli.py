@@ -46,10 +46,15 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
     registry = get_registry()
     spec = load_spec(args.space, registry)
     spec.override(trials=args.trials, storage=args.storage, workers=args.workers)
-    if spec.search.backend == "optuna":
-        check_shareable(spec.storage, spec.search.workers)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    already = done_count(open_search_study(spec))
+    try:
+        if spec.search.backend == "optuna":
+            check_shareable(spec.storage, spec.search.workers)
+        already = done_count(open_search_study(spec))
+    except SpecError as exc:  # the storage: name where it was given, the command line or the file
+        if exc.path == "search.storage" and not exc.file:
+            exc.path, exc.file = ("--storage", None) if args.storage else (exc.path, spec.source)
+        raise
     if already:
         console.print(f"resuming study {spec.name}: {already} of {spec.search.trials} trials already done")
     if spec.search.multi_objective and spec.search.pruner != "none":

@@ -76,8 +76,10 @@ def test_a_worker_is_interrupted_by_the_first_ctrl_c_only():
 def test_sqlite_is_refused_for_several_workers_and_left_untouched(tmp_path, capsys):
     space = write(tmp_path / "w.yaml", SPACE.format(name="w", epochs=1, trials=2))
     assert main(["search", str(space), "--workers", "2", "-q"]) == 2
-    err = capsys.readouterr().err
-    assert "search.storage: sqlite:///w.db cannot be shared by 2 worker processes" in err
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{space}: search.storage: sqlite:///w.db cannot be shared by 2 worker processes" in err
+    assert main(["search", str(space), "--workers", "2", "--storage", "sqlite:///x.db", "-q"]) == 2
+    assert "error: --storage: sqlite:///x.db cannot be shared" in " ".join(capsys.readouterr().err.split())
     assert "journal:///" in err and "postgresql" in err
     assert not (tmp_path / "w.db").exists()
     assert main(["worker", "w", "--storage", "sqlite:///w.db"]) == 2
