@@ -226,7 +226,7 @@ class Registry:
         be added (not a Component, a name already taken) is a failure of this plugin, the others stay. A
         plugin pluggy refuses (a hook with arguments autonorm does not pass), or one that implements no
         autonorm hook (a misspelt name, a missing ``@autonorm.hookimpl``), is a failure too."""
-        name = name or getattr(plugin, "__name__", None) or str(id(plugin))
+        name = name or self.plugin_manager.get_canonical_name(plugin)
         try:
             self.plugin_manager.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
