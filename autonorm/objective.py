@@ -43,6 +43,7 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         judged = 0  # epochs whose pruning decision was made on an earlier trial's measurements
+        reported = 0  # epochs whose measurements this trial already reported (those of the earlier trial)
 
         def finish(state: str, metrics: dict[str, Any]) -> None:
             notify(
@@ -50,23 +51,27 @@ def make_objective(
             )
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
-            prune = prunable and objective_key in metrics and epoch + 1 > judged
-            if prune:  # the step is the number of epochs done, as Ray's schedulers count
-                trial.report(metrics[objective_key], epoch + 1)
+            step = epoch + 1  # the number of epochs done, as Ray's schedulers count
+            measured = prunable and objective_key in metrics
+            if measured and step > reported:
+                trial.report(metrics[objective_key], step)
             notify(
                 hook.autonorm_trial_reported, study_name=spec.name, number=trial.number, epoch=epoch, metrics=metrics
             )
             # after the last epoch stopping saves nothing, and the trial's result is complete
-            if prune and epoch + 1 < spec.epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+            if measured and judged < step < spec.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {step}")
 
         try:
             config = sample_config(trial, spec, data.input_shape, data.num_classes)
             dumped = config.model_dump(mode="json")
             earlier = earlier_trial(trial, spec, dumped)
-            judged = promote_late(trial, earlier) if earlier is not None and prunable else 0
-            if earlier is not None and not judged:
-                return _repeat(trial, earlier, finish)
+            if earlier is not None:
+                judged = reported = promote_late(trial, earlier) if prunable else 0
+                if not judged:
+                    return _repeat(trial, earlier, finish)
+            elif prunable:
+                judged = judged_before_interruption(trial)
             trial.set_user_attr("config", dumped)
             notify(hook.autonorm_trial_started, study_name=spec.name, number=trial.number, config=dumped)
             torch.manual_seed(config.seed)
@@ -94,7 +99,7 @@ def make_objective(
             finish("pruned", {})
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
+            record_interrupted(trial)
             raise
         except TrialFailed as exc:
             reason = str(exc)
@@ -112,6 +117,26 @@ def make_objective(
         return failed
 
     return objective
+
+
+def record_interrupted(trial: optuna.Trial) -> None:
+    """Record that ``trial`` was interrupted, and queue a copy of its parameters for the study's next
+    trial to take (with ``retry_of``): resumed, the search runs the same configuration in the same
+    place (:func:`~autonorm.results.place`), and so with the same seed, as it would have uninterrupted."""
+    trial.set_user_attr("fail_reason", "interrupted")
+    trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def judged_before_interruption(trial: optuna.Trial) -> int:
+    """For a trial that runs an interrupted one again (``retry_of``, see :func:`record_interrupted`): the
+    epochs the pruner let the interrupted trial go on after. Those decisions stand, and the trial is
+    next judged after them: asked again, ASHA would count the interrupted trial's measurements at its
+    rungs twice, and the search would no longer prune as it would have uninterrupted."""
+    number = trial.user_attrs.get("retry_of")
+    if number is None:
+        return 0
+    interrupted = trial.study.get_trials(deepcopy=False)[number]  # a study's trials are numbered 0, 1, ...
+    return max(interrupted.intermediate_values, default=0)
 
 
 def notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:
@@ -185,6 +210,6 @@ def promote_late(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> int:
 def copy_outcome(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
     """Give ``trial`` the recorded outcome of ``earlier`` (metrics, history, configuration), and ``repeat_of``."""
     for key, value in earlier.user_attrs.items():
-        if key not in ("worker", "ray_node"):  # where this trial ran, not the earlier one
+        if key not in ("worker", "ray_node", "retry_of"):  # about this trial, not the earlier one
             trial.set_user_attr(key, value)
     trial.set_user_attr("repeat_of", earlier.number)

@@ -100,10 +100,22 @@ class TrialRecord:
     def counts_as_done(self) -> bool:
         """Finished for good: completed, pruned, or failed for a recorded reason other than an interruption
         (a trial whose process stopped is retried, as an interrupted one is)."""
-        if self.state in ("complete", "pruned"):
-            return True
-        retried = self.reason in (None, STOPPED) or self.reason.startswith("interrupted")
-        return self.state == "failed" and not retried
+        return self.state in ("complete", "pruned") or (self.state == "failed" and not _run_again(self.reason))
+
+
+def _run_again(reason: str | None) -> bool:
+    """Whether a failed trial with this reason is run again: interrupted, or its process stopped."""
+    return reason in (None, STOPPED) or reason.startswith("interrupted")
+
+
+def place(study: optuna.Study, number: int) -> int:
+    """Trial ``number``'s place in its search: its number, less the failed trials before it that were
+    run again (interrupted, or whose process stopped). A search interrupted and resumed gives each
+    trial the place it had uninterrupted, and with it its training seed (``search.seed`` + place) and
+    its sampler's seed (:class:`~autonorm.backends.optuna.PlaceSeeded`)."""
+    # from the storage: the study a sampler is given may hold some trials only (Hyperband's brackets)
+    failed = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.FAIL,))
+    return number - sum(t.number < number and _run_again(t.user_attrs.get("fail_reason")) for t in failed)
 
 
 def _last(values: dict[int, float]) -> float | None:

@@ -11,6 +11,7 @@ from typing import Any
 from autonorm.config import ComponentChoice, TrialConfig
 from autonorm.errors import Incompatible
 from autonorm.params import Categorical, Domain
+from autonorm.results import place
 from autonorm.spec import Candidate, SearchSpec
 
 
@@ -51,9 +52,16 @@ def sample_config(trial: Any, spec: SearchSpec, input_shape: tuple[int, ...], nu
         components=components,
         epochs=spec.epochs,
         train={key: dom.suggest(trial, f"train.{key}") for key, dom in spec.train.items()} | spec.train_options,
-        seed=spec.search.seed + trial.number,
+        seed=spec.search.seed + _place(trial),
         data_seed=spec.search.seed,
     )
+
+
+def _place(trial: Any) -> int:
+    """The trial's place in its search (see :func:`~autonorm.results.place`); a trial replayed away from
+    its study (a ``FixedTrial``, as Ray's actors replay the driver's) has its number."""
+    study = getattr(trial, "study", None)
+    return trial.number if study is None else place(study, trial.number)
 
 
 def searched_domains(spec: SearchSpec) -> dict[str, tuple[Domain, str]]:

@@ -3,7 +3,7 @@
 The space is small enough to train exhaustively: 3 normalizations x 2 activations x 2 poolings x 6
 learning rates on digits (small_cnn, 9 epochs). Every configuration is trained with several seeds
 (``--table-seeds``, default 3) and its learning curves are cached as tables (in the temp directory), so
-each search is then a replay: autonorm's own sampler and pruner (``make_sampler``/``make_pruner``) and
+each search is then a replay: autonorm's own sampler and pruner (``PlaceSeeded``/``make_pruner``) and
 its define-by-run sampling (``sample_config``) choose configurations, and each trial "trains" by
 reading a curve epoch by epoch, reporting to the pruner as the trainer would. As in a real search, trial
 n of a search with seed s trains with seed s + n (here: reads the table of seed (s + n) mod the number
@@ -42,7 +42,7 @@ import optuna
 import torch
 
 from autonorm import build_model, get_registry, load_spec
-from autonorm.backends.optuna import first_rung, make_pruner, make_sampler
+from autonorm.backends.optuna import PlaceSeeded, first_rung, make_pruner
 from autonorm.build import build_training_methods
 from autonorm.data import load_data
 from autonorm.objective import earlier_trial, promote_late
@@ -134,7 +134,7 @@ def epochs_to_target(
         if found(trial):
             study.stop()
 
-    sampler, pruner = sampler or make_sampler(spec), pruner or make_pruner(spec)
+    sampler, pruner = sampler or PlaceSeeded(spec), pruner or make_pruner(spec)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     study.optimize(objective, n_trials=max_trials, callbacks=[stop_at_target])
     return spent, any(found(t) for t in study.trials)

@@ -127,6 +127,19 @@ def test_compare_runs_resumes_and_shows_failures_in_their_cell(monkeypatch):
     assert again.cells["digits", "batchnorm"].accuracies[:2] == ok.accuracies
 
 
+def test_an_interrupted_comparison_resumes_to_the_numbers_it_would_have_given_uninterrupted():
+    """Ctrl-C in the middle of a pair's tuning: resumed, the pair tunes (and so scores) as it would have."""
+    protocol = {**PROTOCOL, "candidates": ["batchnorm", "layernorm"], "trials": 4, "seeds": 1}
+    straight = compare_module.compare({**protocol, "name": "straight"}, registry_with_test_components())
+    registry = registry_with_test_components(interrupt_from=2)
+    with pytest.raises(KeyboardInterrupt):
+        compare_module.compare({**protocol, "name": "resumed"}, registry)
+    resumed = compare_module.compare({**protocol, "name": "resumed"}, registry)
+    assert {k: c.accuracies for k, c in resumed.cells.items()} == {k: c.accuracies for k, c in straight.cells.items()}
+    interrupted = optuna.load_study(study_name="resumed.digits.batchnorm", storage="sqlite:///resumed.digits.batchnorm.db")
+    assert [t.user_attrs.get("fail_reason") for t in interrupted.trials].count("interrupted") == 1
+
+
 def test_protocol_defaults_to_every_installed_candidate(with_plugins):
     proto, specs = load_protocol({**PROTOCOL, "candidates": None, "baseline": None}, with_plugins)
     assert "sample_rms" in proto.candidates and "batchnorm" in proto.candidates

@@ -23,7 +23,7 @@ from torch import nn
 import autonorm
 from autonorm import Component, load_spec
 from autonorm.backends.ray import connect
-from tests.conftest import AUTONORM, TINY_SPACE, write
+from tests.conftest import AUTONORM, TINY_SPACE, run_cli, write
 from tests.helpers import registry_with_test_components
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -181,6 +181,7 @@ def test_asha_on_ray_finishes_exactly_the_requested_trials(local_ray):
     registry = registry_with_test_components()
     space = ray_space("ray_asha", 4, pruner="asha")
     space["train"]["epochs"] = 3  # first rung after 1 epoch, as without Ray; never after the last
+    space["train"]["lr"] = {"loguniform": [0.001, 0.3]}  # no repeats: each trial trains, and some are stopped
     results = autonorm.search(space, registry=registry)
     assert len(results.trials) == 4 and {t.state for t in results.trials} <= {"complete", "pruned"}
     study = optuna.load_study(study_name="ray_asha", storage="sqlite:///ray_asha.db")
@@ -238,8 +239,16 @@ def test_ctrl_c_stops_a_ray_search_records_interrupted_and_exits_130(tmp_path):
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines and all(line["state"] == "failed" and line["reason"] == "interrupted" for line in lines)
     trials = trials_of("stop")
-    assert trials and all(t.user_attrs.get("fail_reason") == "interrupted" for t in trials)
-    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all(t.user_attrs.get("fail_reason") == "interrupted" for t in failed)
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]  # to run again on resume
+    copies = {t.user_attrs["retry_of"]: t.system_attrs["fixed_params"] for t in waiting}
+    assert copies == {t.number: t.params for t in failed} and len(trials) == 2 * len(failed)
+
+    space.write_text(space.read_text().replace("epochs: 200", "epochs: 1"))
+    run_cli("search", str(space), "-q")  # resumed: the interrupted configurations run first
+    done = {t.user_attrs.get("retry_of"): t for t in trials_of("stop") if t.state.is_finished()}
+    assert all(done[t.number].params == t.params for t in failed)
 
 
 def test_search_on_a_two_node_cluster(tmp_path):

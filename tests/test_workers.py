@@ -151,9 +151,11 @@ def test_ctrl_c_records_interrupted_trials_and_the_rerun_finishes_only_the_missi
             parent.kill()
     assert parent.returncode == 130 and err.count("run the same command again to resume") == 1  # not per worker
     trials = records(url, "c")
-    assert not [t for t in trials if not t.state.is_finished()]  # no trial left running
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]  # no trial left running
     interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
     assert interrupted and all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]  # their copies, to run first
+    assert sorted(t.user_attrs["retry_of"] for t in waiting) == [t.number for t in interrupted]
     done_before = {t.number for t in trials if TrialRecord.from_frozen(t).counts_as_done}
     assert len(done_before) < 3
 

@@ -7,7 +7,6 @@ was interrupted (Ctrl-C, or a worker that stopped sending heartbeats) is not cou
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -19,7 +18,7 @@ from autonorm.errors import SpecError
 from autonorm.objective import make_objective
 from autonorm.params import FilePath, Fixed, Ordered
 from autonorm.registry import Registry
-from autonorm.results import StudyResults, TrialRecord, results_of
+from autonorm.results import StudyResults, TrialRecord, place, results_of
 from autonorm.space import searched_domains
 from autonorm.spec import Candidate, SearchSpec
 from autonorm.storage import mask_url, open_storage
@@ -35,6 +34,62 @@ def make_sampler(spec: SearchSpec, seed: int | None = None) -> optuna.samplers.B
     if spec.search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.search.trials // 4)))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, max(2, spec.search.trials // 3)))
+
+
+class PlaceSeeded(optuna.samplers.BaseSampler):
+    """The spec's sampler, made afresh for each trial and seeded by the search's seed and the trial's
+    place in the search (:func:`~autonorm.results.place`). Optuna's samplers keep what they learn in
+    the study; their random generator is the only state a process holds, and one seeded once per
+    session would make a search depend on where it was interrupted. Seeded by place, a search
+    interrupted and resumed proposes what it would have proposed uninterrupted; an extended search
+    does not propose its first session's configurations again (a random sampler, or TPE's start-up
+    trials, seeded anew with the same seed would repeat them exactly); and workers sharing a study,
+    whose trials have different places, propose apart."""
+
+    def __init__(self, spec: SearchSpec) -> None:
+        self._spec = spec
+        self._samplers: dict[int, optuna.samplers.BaseSampler] = {}  # by trial number, until it ends
+
+    def _of(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+        return self._samplers.get(trial.number) or self._made(trial.number, trial.number)
+
+    def _made(self, number: int, at: int) -> optuna.samplers.BaseSampler:
+        seed = int(np.random.SeedSequence([self._spec.search.seed, at]).generate_state(1)[0])
+        self._samplers[number] = make_sampler(self._spec, seed)
+        return self._samplers[number]
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._made(trial.number, place(study, trial.number)).before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        return self._of(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict
+    ) -> dict[str, object]:
+        return self._of(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> object:
+        return self._of(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        sampler = self._of(trial)
+        del self._samplers[trial.number]
+        sampler.after_trial(study, trial, state, values)
 
 
 #: Epochs a trial trains before the median pruner may stop it.
@@ -59,21 +114,8 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     }[spec.search.pruner]()
 
 
-def session_seed(spec: SearchSpec, study: optuna.Study, worker: bool = False) -> int:
-    """The seed of this session's sampler: ``search.seed`` for a new study, so a search is reproducible;
-    when resuming, one drawn from the seed and the trials already held, so that the session does not
-    propose again the configurations of the first (a random sampler, or TPE's start-up trials, would
-    repeat them exactly); and a worker mixes in its process id, so that workers sharing a study do not
-    propose the same configurations at the same time."""
-    held = len(study.get_trials(deepcopy=False))
-    if not held and not worker:
-        return spec.search.seed
-    entropy = [spec.search.seed, held, os.getpid() if worker else 0]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
 def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
-    """Create the spec's study, or load it to resume; its sampler is seeded by :func:`session_seed`."""
+    """Create the spec's study, or load it to resume, with a :class:`PlaceSeeded` sampler."""
     study = optuna.create_study(
         study_name=spec.name,
         storage=open_storage(spec.storage),
@@ -81,7 +123,7 @@ def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
         directions=spec.search.directions,
         load_if_exists=True,
     )
-    study.sampler = make_sampler(spec, session_seed(spec, study, worker))
+    study.sampler = PlaceSeeded(spec)
     if "objective" not in study.user_attrs:
         study.set_user_attr("objective", spec.search.objectives[0])
         study.set_user_attr("objectives", spec.search.objectives)

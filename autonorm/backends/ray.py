@@ -49,7 +49,7 @@ from autonorm.backends.optuna import (
 )
 from autonorm.data import Data, load_data
 from autonorm.errors import TrialFailed
-from autonorm.objective import copy_outcome, earlier_trial, make_objective
+from autonorm.objective import copy_outcome, earlier_trial, make_objective, record_interrupted
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, results_of
 from autonorm.space import sample_config
@@ -247,7 +247,7 @@ class StudySearch(OptunaSearch):
             space=space,
             metric=spec.search.objective,
             mode="max" if spec.search.direction == "maximize" else "min",
-            sampler=study.sampler,  # seeded for this session by open_search_study
+            sampler=study.sampler,  # seeded trial by trial (PlaceSeeded)
             study_name=study.study_name,
             storage=study._storage,
         )
@@ -298,7 +298,7 @@ class StudySearch(OptunaSearch):
         """Record the trials Ray did not finish (the search was stopped) as interrupted, to rerun on resume."""
         for trial_id, trial in self._ot_trials.items():
             if trial_id not in self._completed_trials:
-                trial.set_user_attr("fail_reason", "interrupted")
+                record_interrupted(trial)
                 self._finish(trial_id, TrialState.FAIL)
 
     def _finish(self, trial_id: str, state: TrialState, value: float | None = None) -> None:

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from autonorm.backends.optuna import Callback, open_search_study
 from autonorm.data import load_data
 from autonorm.errors import SpecError
-from autonorm.objective import make_objective
+from autonorm.objective import make_objective, record_interrupted
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, results_of
 from autonorm.spec import SearchSpec, load_spec
@@ -73,7 +73,7 @@ def run_worker(
             trial.set_user_attr("worker", me)
             done, running, waiting = _tally(study.get_trials(deepcopy=False), below=trial.number)
         except KeyboardInterrupt:  # Ctrl-C before the trial started training: recorded like one during it
-            trial.set_user_attr("fail_reason", "interrupted")
+            record_interrupted(trial)
             raise
         if done + running + waiting >= target:
             trial.set_user_attr("fail_reason", NOT_NEEDED)
@@ -113,7 +113,7 @@ def fail_orphans(study: optuna.Study) -> None:
             study.tell(t.number, state=TrialState.FAIL)
         except ValueError:  # another worker got there first
             continue
-        study.enqueue_trial(t.params, skip_if_exists=False)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
 
 
 def _alive(pid: int) -> bool:
