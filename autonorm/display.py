@@ -236,7 +236,7 @@ def comparison_table(comparison: Any) -> Table:
     pvalues = comparison.versus_baseline()
     caption = f"test accuracy, mean ± 95% CI over {comparison.seeds} seeds; rank 1 is best"
     if comparison.baseline:
-        caption += f"; p: Wilcoxon vs {comparison.baseline}, Holm-corrected"
+        caption += f"; p: Wilcoxon vs {comparison.baseline} over the tasks, Holm-corrected"
     table = Table(
         title=f"{comparison.name}: {comparison.kind} compared on test accuracy",
         title_justify="left",
