@@ -154,9 +154,11 @@ class BatchKalmanNorm(BatchNorm):
         with torch.no_grad():
             # running averages of the combined statistics; batch variance unbiased in them, as in BN
             _, running_var = kalman_statistics(batch_mean, batch_var * count / (count - 1), *prior, p)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(running_var, self.momentum)
             self.num_batches_tracked.add_(1)
+            # momentum None: the cumulative average, as in BatchNorm (torch's update_bn sets it so)
+            rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            self.running_mean.lerp_(mean, rate)
+            self.running_var.lerp_(running_var, rate)
         # gamma * (x - mean) / sqrt(var + eps) + beta as one scale and shift: only x is saved for backward
         scale = self.weight * torch.rsqrt(var + self.eps)
         shape = (1, -1, *[1] * (x.dim() - 2))

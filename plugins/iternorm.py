@@ -50,8 +50,17 @@ class IterNorm(nn.Module):
         self.iterations, self.eps, self.momentum = iterations, eps, momentum
         self.register_buffer("running_mean", torch.zeros(self.groups, size, 1))
         self.register_buffer("running_wm", torch.eye(size).expand(self.groups, size, size).clone())
+        # batches averaged so far when ``momentum`` is None (a cumulative average, as BatchNorm's): not saved
+        self.register_buffer("num_batches_tracked", torch.tensor(0), persistent=False)
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def reset_running_stats(self) -> None:
+        """Back to the statistics of a new layer (as ``BatchNorm.reset_running_stats``; a recomputation of
+        the statistics, such as periodic averaging's after a load-back, starts here)."""
+        self.running_mean.zero_()
+        self.running_wm.copy_(torch.eye(self.group_size).expand_as(self.running_wm))
+        self.num_batches_tracked.zero_()
 
     def whitening_matrix(self, xc: torch.Tensor) -> torch.Tensor:
         """``P_T / sqrt(tr(Sigma))`` for centred groups ``xc`` of shape (G, D, m)."""
@@ -75,8 +84,10 @@ class IterNorm(nn.Module):
                 mean = xg.mean(-1, keepdim=True)
                 wm = self.whitening_matrix(xg - mean)
                 with torch.no_grad():
-                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                    self.running_wm.lerp_(wm.to(self.running_wm.dtype), self.momentum)
+                    self.num_batches_tracked.add_(1)
+                    rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), rate)
+                    self.running_wm.lerp_(wm.to(self.running_wm.dtype), rate)
             else:
                 mean, wm = self.running_mean.to(dtype), self.running_wm.to(dtype)
             out = torch.bmm(wm, xg - mean)

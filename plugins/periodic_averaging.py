@@ -14,9 +14,10 @@ SWA, whose average is a separate copy that never feeds back):
 
 Each technique is its own component (not one component with a technique choice), so that each exposes only
 its own hyperparameters to the search. Equal and exponential averages are kept by
-``torch.optim.swa_utils.AveragedModel``; the batch-norm statistics of the loaded-back weights are recomputed by
-``torch.optim.swa_utils.update_bn`` (reset, then the cumulative mean of the per-batch statistics over one pass
-of the training data, in train mode) before the model is evaluated.
+``torch.optim.swa_utils.AveragedModel``; the running statistics of the loaded-back weights are recomputed as
+``torch.optim.swa_utils.update_bn`` does (reset, then the cumulative mean of the per-batch statistics over one
+pass of the training data, in train mode) before the model is evaluated, in every layer that keeps them that
+way: batch normalization and its variants (``batch_kalman``) and ``iternorm`` (:func:`recompute_statistics`).
 
 No official code is public and these details could not be confirmed from the paper (u); choices made here:
 
@@ -35,7 +36,7 @@ from collections import deque
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import autonorm
 from autonorm import Component, Float, Int, TrainingMethod
@@ -48,6 +49,28 @@ def training_batches(x: torch.Tensor, batch_size: int = BN_BATCH_SIZE) -> list[t
     """Consecutive batches of ``x``, the last partial one dropped (unless it is the only one)."""
     size = min(batch_size, len(x))
     return [x[i * size : (i + 1) * size] for i in range(len(x) // size)]
+
+
+@torch.enable_grad()
+def recompute_statistics(batches: list[torch.Tensor], model: nn.Module) -> None:
+    """``torch.optim.swa_utils.update_bn`` for every layer with running statistics, not only ``_BatchNorm``
+    (whose check passes over ``iternorm``): a layer with ``reset_running_stats()`` and a ``momentum`` whose
+    None means the cumulative average is reset, and one pass over ``batches`` in train mode averages its
+    statistics afresh. The pass keeps autograd on, as training does: ``batch_kalman`` finds the prior it
+    mixes into its statistics on the autograd graph, and without one would average plain batch ones."""
+    layers = [m for m in model.modules() if hasattr(m, "reset_running_stats") and hasattr(m, "momentum")]
+    if not layers:
+        return
+    momenta, training = [m.momentum for m in layers], model.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in batches:
+        model(x)
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
+    model.train(training)
 
 
 class PeriodicSampling(TrainingMethod):
@@ -98,7 +121,7 @@ class PeriodicSampling(TrainingMethod):
 
     def eval_model(self, model: nn.Module) -> nn.Module:
         if self.bn_stale and self.x is not None:
-            update_bn(training_batches(self.x), model)
+            recompute_statistics(training_batches(self.x), model)
             self.bn_stale = False
         return model.eval()
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from autonorm_plugins.periodic_averaging import PSWA, PSWM, PWALKS, training_batches
+from autonorm_plugins.periodic_averaging import PSWA, PSWM, PWALKS, recompute_statistics, training_batches
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import autonorm
@@ -181,3 +181,51 @@ def test_search_with_periodic_averaging(name, params):
     )
     (trial,) = autonorm.search(spec, registry=registry).trials
     assert trial.state == "complete" and trial.config.components["training"].name == name
+
+
+def test_after_a_load_back_iternorm_evaluates_with_statistics_of_the_averaged_weights():
+    """IterNorm is no ``_BatchNorm``, which ``update_bn`` looks for, and kept the training-time averages
+    of the weights before the load-back: now a fresh pass averages its statistics, as BatchNorm's."""
+    torch.manual_seed(0)
+    model = autonorm.build_model(config(model="small_cnn", norm="iternorm", depth=1, width=4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    pswa = PSWA()
+    pswa.setup_data(torch.randn(96, 1, 8, 8), torch.randint(0, 10, (96,)), 2)  # one recomputation batch of 96
+    pswa.setup(model, optimizer)
+    train(model, optimizer, pswa, 3)
+    pswa.end_epoch(model, 0)
+    (layer,) = [m for m in model.modules() if type(m).__name__ == "IterNorm"]
+    inputs = []
+    layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    pswa.eval_model(model)
+    assert len(inputs) == 1 and not model.training and layer.momentum == 0.1
+    group = inputs[0].transpose(0, 1).reshape(layer.groups, layer.group_size, -1)
+    mean = group.mean(-1, keepdim=True)
+    torch.testing.assert_close(layer.running_mean, mean)
+    torch.testing.assert_close(layer.running_wm, layer.whitening_matrix(group - mean))
+
+
+def test_the_recomputation_averages_over_the_batches():
+    torch.manual_seed(0)
+    model = autonorm.build_model(config(model="small_cnn", norm="iternorm", depth=1, width=4))
+    (layer,) = [m for m in model.modules() if type(m).__name__ == "IterNorm"]
+    inputs = []
+    layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    recompute_statistics([torch.randn(32, 1, 8, 8) for _ in range(3)], model)
+    means = [x.transpose(0, 1).reshape(layer.groups, layer.group_size, -1).mean(-1, keepdim=True) for x in inputs]
+    torch.testing.assert_close(layer.running_mean, torch.stack(means).mean(0))
+
+
+def test_the_recomputation_gives_batch_kalman_its_combined_statistics():
+    """``update_bn`` set momentum None, which batch_kalman's update could not take; and without autograd
+    it would find no prior, and average plain batch statistics."""
+    torch.manual_seed(0)
+    model = autonorm.build_model(config(model="small_cnn", norm="batch_kalman", depth=2, width=4))
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    batches = [torch.randn(32, 1, 8, 8) for _ in range(2)]
+    recompute_statistics(batches, model)
+    assert all(m.momentum == 0.1 and int(m.num_batches_tracked) == 2 for m in layers)
+    kalman = [m.running_mean.clone() for m in layers]
+    with torch.no_grad():  # the second layer's prior is what sets its statistics apart from batch ones
+        recompute_statistics.__wrapped__(batches, model)
+    assert torch.equal(layers[0].running_mean, kalman[0]) and not torch.equal(layers[1].running_mean, kalman[1])
