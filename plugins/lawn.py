@@ -9,7 +9,8 @@ those weights, so the loss cannot collapse and the network stays adaptive; direc
 
 No official code is public and the paper leaves these open (u); choices made here:
 
-- warm phase: the first ``warm = 0.25`` of the epochs (at least zero: with ``warm = 0`` the norms at
+- warm phase: the first ``warm = 0.25`` of the epochs, rounded half up, and at most all but the last
+  epoch, so that the constraint always acts (with ``warm = 0``, or a single epoch, the norms at
   initialization are kept);
 - constrained: the weight of every Linear and conv layer registered after the last normalization module
   of the model (all of them if the model has none); per layer, Frobenius norm; biases are not
@@ -21,6 +22,8 @@ No official code is public and the paper leaves these open (u); choices made her
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -53,7 +56,7 @@ class LAWN(TrainingMethod):
         self.norms: list[torch.Tensor] = []
 
     def setup_data(self, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
-        self.warm_epochs = round(self.warm * epochs)
+        self.warm_epochs = min(math.floor(self.warm * epochs + 0.5), max(epochs - 1, 0))
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.weights = final_homogeneous_weights(model)

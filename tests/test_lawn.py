@@ -111,3 +111,14 @@ def test_the_projection_touches_the_constrained_weights_only():
             assert p.norm().item() == pytest.approx(before[name].norm().item() / 1.5)  # back to its recorded norm
         else:
             assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize(
+    ("warm", "epochs", "warm_epochs"),
+    [(0.25, 8, 2), (0.25, 2, 1), (0.9, 3, 2), (0.6, 1, 0), (0.0, 4, 0), (0.5, 5, 3)],
+)
+def test_the_warm_phase_rounds_half_up_and_leaves_at_least_the_last_epoch_constrained(warm, epochs, warm_epochs):
+    """round(0.25 * 2) is 0 in Python, and round(0.9 * 3) = 3 epochs of warm phase left nothing constrained."""
+    lawn = LAWN(warm=warm)
+    lawn.setup_data(torch.zeros(4, 1), torch.zeros(4), epochs)
+    assert lawn.warm_epochs == warm_epochs
