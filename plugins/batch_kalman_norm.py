@@ -37,7 +37,11 @@ Batch statistics and running statistics are BN's (biased variance over N and the
 running averages of the *combined* statistics, with the unbiased batch variance, momentum 0.1);
 evaluation is BN with the running statistics. p = 0 is BN exactly. The official micro-batch emulation
 (normalizing splits of a batch separately, one prior per split) is left out: autonorm trains at real
-batch sizes. Defaults: p = 0.9 (official, micro-batches of 2; 0.05 for large batches), eps 1e-5.
+batch sizes, which is the official large-batch setting (``split_num=1``), so the default is its
+p = 0.05. The official micro-batch runs (splits of 2 samples) use p = 0.9: set it, or search it, for
+batches of a few samples (on a batch of 64 digits, the 15 layers of a fresh depth-14 resnet give
+channel means up to 2.4 from zero and variances from 0.14 to 9.6 at p = 0.9; at 0.05, up to 0.09
+and from 0.68 to 1.05). eps 1e-5.
 """
 
 from __future__ import annotations
@@ -130,7 +134,7 @@ kalman_conv = autonorm.conv_factory(KalmanConv1d, KalmanConv2d)
 class BatchKalmanNorm(BatchNorm):
     """BatchNorm whose training statistics are mixed with weight ``p`` with the prior of the conv before it."""
 
-    def __init__(self, num_channels: int, prior_weight: float = 0.9, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, num_channels: int, prior_weight: float = 0.05, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__(num_channels, eps=eps, momentum=momentum)
         if not 0.0 <= prior_weight <= 1.0:
             raise ValueError(f"batch_kalman: prior_weight must be in [0, 1], got {prior_weight}")
@@ -168,7 +172,7 @@ class BatchKalmanNorm(BatchNorm):
         return out
 
 
-def batch_kalman(num_channels: int, prior_weight: float = 0.9, momentum: float = 0.1) -> nn.Module:
+def batch_kalman(num_channels: int, prior_weight: float = 0.05, momentum: float = 0.1) -> nn.Module:
     """Batch Kalman Normalization (Wang et al. 2018): batch statistics mixed with a predicted prior, weight p."""
     return BatchKalmanNorm(num_channels, prior_weight=prior_weight, momentum=momentum)
 
@@ -181,7 +185,7 @@ def autonorm_components() -> list[Component]:
             name="batch_kalman",
             factory=batch_kalman,
             conv=kalman_conv,
-            params={"prior_weight": Float(0.9, 0.0, 0.95), "momentum": Float(0.1, 0.01, 0.5, log=True)},
+            params={"prior_weight": Float(0.05, 0.0, 0.95), "momentum": Float(0.1, 0.01, 0.5, log=True)},
             batch_dependent=True,
         )
     ]

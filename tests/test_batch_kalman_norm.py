@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from autonorm_plugins.baseline_norms import batchnorm
 from autonorm_plugins.batch_kalman_norm import PRIOR, BatchKalmanNorm, kalman_conv, kalman_statistics
+from sklearn.datasets import load_digits
 from torch import nn
 
 import autonorm
@@ -77,10 +78,10 @@ def chain(dims, p=0.9):
 
 
 def assert_prior_used(h, norm, prior):
-    """The conv output ``h`` carries ``prior``, and ``norm`` mixes it with ``h``'s batch statistics at p = 0.9."""
+    """The conv output ``h`` carries ``prior``, and ``norm`` mixes it with ``h``'s batch statistics at its p."""
     for got, want in zip(h.grad_fn.metadata[PRIOR], prior, strict=True):
         torch.testing.assert_close(got, want)
-    torch.testing.assert_close(norm(h), mixed(h, prior, 0.9))
+    torch.testing.assert_close(norm(h), mixed(h, prior, norm.prior_weight))
 
 
 @pytest.mark.parametrize("dims", [1, 2])
@@ -111,7 +112,7 @@ def test_the_prior_is_resampled_every_step_and_gradients_reach_the_conv_weights_
 def test_a_residual_sum_carries_the_sum_of_the_paths_statistics():
     torch.manual_seed(0)
     branch, shortcut, after = (kalman_conv(2, c, 4, 3, padding=1) for c in (3, 3, 4))
-    nb, ns, na = BatchKalmanNorm(4), BatchKalmanNorm(4), BatchKalmanNorm(4)
+    nb, ns, na = (BatchKalmanNorm(4, prior_weight=0.9) for _ in range(3))
     x = torch.randn(4, 3, 5, 5)
     hb, hs = branch(x), shortcut(x)
     block = torch.relu(nb(hb) + ns(hs))
@@ -212,3 +213,27 @@ def test_a_short_search_trains(tmp_path, model, depth):
     spec = write(tmp_path / "bkn.yaml", SPACE.replace("MODEL", model).replace("DEPTH", str(depth)))
     results = autonorm.search(spec)
     assert results.trials and all(t.state == "complete" for t in results.trials), results.trials
+
+
+def test_at_the_default_prior_weight_a_fresh_resnet_normalizes_a_real_batch():
+    """The default is the official large-batch p = 0.05 (autonorm trains whole batches, the official
+    ``split_num=1``): each layer's output is near zero mean and unit variance on a batch of 64, which
+    the micro-batch p = 0.9 is far from (channel means up to about 2.4 away)."""
+    x = torch.tensor(load_digits().images[:64], dtype=torch.float32).unsqueeze(1) / 16
+
+    def spread(p):
+        torch.manual_seed(0)
+        model = build_model(config("resnet", "batch_kalman", depth=14, width=16))
+        outs = []
+        for m in model.modules():
+            if isinstance(m, BatchKalmanNorm):
+                m.prior_weight = m.prior_weight if p is None else p
+                m.register_forward_hook(lambda mod, args, out: outs.append(out.detach()))
+        model.train()(x)
+        means = torch.cat([o.mean((0, 2, 3)) for o in outs]).abs().max()
+        variances = torch.cat([o.var((0, 2, 3)) for o in outs])
+        return float(means), float(variances.min()), float(variances.max())
+
+    mean, low, high = spread(None)
+    assert mean < 0.2 and 0.6 < low and high < 1.2
+    assert spread(0.9)[0] > 1.0
