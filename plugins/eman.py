@@ -12,11 +12,12 @@ normalizes with batch statistics.
 Defaults and choices:
 
 - ``momentum = 0.999`` (the paper's MoCo and FixMatch setting), with a warm-up (u): update t (from 0) uses
-  m_t = min(m, (1 + t) / (10 + t)), the rule of TensorFlow's ``ExponentialMovingAverage(num_updates=)`` and
-  timm's ``ModelEmaV3(use_warmup=True)``. The paper's runs take hundreds of thousands of steps, where
-  m_t = m after the first 10^4; a search's trials take hundreds, where a constant 0.999 leaves the
-  evaluated teacher at about its random initialization (0.999^170 = 0.84: a 10-epoch digits trial scored
-  0.11 with EMAN, 0.99 without). ``warmup: false`` gives the constant m of the paper;
+  m_t = min(m, (1 + t) / (10 + t)), the rule of TensorFlow's ``ExponentialMovingAverage(num_updates=)``
+  (timm's ``ModelEmaV3(use_warmup=True)`` warms up otherwise, 1 - (1 + t / gamma)^-power). The paper's
+  runs take hundreds of thousands of steps, where m_t = m after the first 10^4; a search's trials take
+  hundreds, where a constant 0.999 leaves the evaluated teacher at about its random initialization
+  (0.999^170 = 0.84: a 10-epoch digits trial scored 0.11 with EMAN, 0.99 without). ``warmup: false``
+  gives the constant m of the paper;
 - the teacher is a deep copy of the model as it is at setup, parameters and buffers alike (the official
   constructors copy parameters only, which is the same from scratch);
 - the teacher gives no training targets here (the paper's self- and semi-supervised losses use it for
