@@ -27,7 +27,9 @@ corrected statistics of its input by walking the input's autograd graph: the inp
 ReLU, from a :class:`BatchKalmanNorm` output or a sum of such (through ReLUs along identity
 shortcuts); the prediction is attached to the conv output's autograd node, where the norm that
 follows reads it. Where no statistics are found (another activation, pooling, a scaled residual,
-``torch.no_grad``) the next layer is plain BN. Under batch-statistics routing (pure-noise images,
+``torch.no_grad``) the next layer is plain BN: with ``stochastic_depth``, the first layer of every block
+after a gated one (a kept branch is divided by its survival probability, a dropped one is absent).
+Under batch-statistics routing (pure-noise images,
 :mod:`autonorm.routing`) the natural rows' statistics and the priors pass through the routed layers,
 so the natural rows are normalized as they would be alone.
 
