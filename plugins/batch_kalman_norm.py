@@ -29,9 +29,9 @@ shortcuts); the prediction is attached to the conv output's autograd node, where
 follows reads it. Where no statistics are found (another activation, pooling, a scaled residual,
 ``torch.no_grad``) the next layer is plain BN: with ``stochastic_depth``, the first layer of every block
 after a gated one (a kept branch is divided by its survival probability, a dropped one is absent).
-Under batch-statistics routing (pure-noise images,
-:mod:`autonorm.routing`) the natural rows' statistics and the priors pass through the routed layers,
-so the natural rows are normalized as they would be alone.
+Under batch-statistics routing (pure-noise images, :mod:`autonorm.routing`) the natural rows'
+statistics and the priors pass through the routed layers, so the natural rows are normalized as they
+would be alone.
 
 Open choices (u): a post-activation identity shortcut carries ``ReLU(sum)``; its statistics are taken
 as those of the sum before the ReLU (the official pre-activation ResNet adds the stream unchanged).
