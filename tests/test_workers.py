@@ -115,9 +115,10 @@ def test_a_killed_worker_trial_is_retried_by_another_and_none_is_lost(tmp_path, 
     assert len({t.number for t in done}) == 3
 
 
-def test_on_a_journal_file_a_killed_workers_trial_is_failed_and_retried(tmp_path):
-    """A journal has no heartbeats: the trial of a worker killed on this machine stayed running, and taken,
-    for good, and the search could not finish."""
+@pytest.mark.parametrize("resumed_by", ["worker", "search"])
+def test_on_a_journal_file_a_killed_processs_trial_is_failed_and_retried(tmp_path, resumed_by):
+    """A journal has no heartbeats: the trial of a worker (or of a plain search) killed on this machine
+    stayed running, and taken, for good, and the search could not finish."""
     space = write(tmp_path / "k.yaml", SPACE.format(name="k", epochs=1, trials=2))
     url = "journal:///k.log"
     autonorm.search(space, storage=url)
@@ -126,13 +127,19 @@ def test_on_a_journal_file_a_killed_workers_trial_is_failed_and_retried(tmp_path
     dead.wait()
     orphan = study.ask()
     orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    orphan.suggest_categorical("normalization", ["batchnorm", "groupnorm"])
     assert autonorm.load_study("k", url).counts() == "2 complete, 0 pruned, 0 failed, 1 running"
-    assert main(["worker", "k", "--storage", url, "--trials", "3", "-q"]) == 0
+    if resumed_by == "worker":
+        assert main(["worker", "k", "--storage", url, "--trials", "3", "-q"]) == 0
+    else:
+        autonorm.search(space, storage=url, trials=3)
     trials = records(url, "k")
     assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
     assert TrialRecord.from_frozen(trials[orphan.number]).reason == STOPPED
     assert sum(TrialRecord.from_frozen(t).counts_as_done for t in trials) == 3 and len(trials) == 4
     assert autonorm.load_study("k", url).counts() == "3 complete, 0 pruned, 0 failed, 1 interrupted"
+    (rerun,) = [t for t in trials if t.user_attrs.get("retry_of") == orphan.number]  # its configuration, again
+    assert rerun.params["normalization"] == trials[orphan.number].params["normalization"]
 
 
 def test_ctrl_c_records_interrupted_trials_and_the_rerun_finishes_only_the_missing(tmp_path):

@@ -7,11 +7,14 @@ was interrupted (Ctrl-C, or a worker that stopped sending heartbeats) is not cou
 from __future__ import annotations
 
 import copy
+import os
+import socket
 import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from autonorm.data import load_data
 from autonorm.errors import SpecError
@@ -21,7 +24,7 @@ from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, place, results_of
 from autonorm.space import searched_domains
 from autonorm.spec import Candidate, SearchSpec
-from autonorm.storage import mask_url, open_storage
+from autonorm.storage import has_heartbeats, mask_url, open_storage
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -221,6 +224,42 @@ def _resolved_paths(cand: Candidate) -> dict[str, str]:
     return {k: d.value for k, d in cand.params.items() if isinstance(declared[k], FilePath) and isinstance(d, Fixed)}
 
 
+#: User attribute naming the process that runs a trial, ``host:pid`` (see :func:`fail_orphans`).
+WORKER_ATTR = "worker"
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_orphans(study: optuna.Study) -> None:
+    """A storage without heartbeats (a journal file) never learns that a process died, and its trial would
+    stay running, and taken, for good: a running trial whose process (:data:`WORKER_ATTR`) was one of
+    this machine that no longer exists is marked failed (its reason: the process stopped) and a copy with
+    its parameters is queued, as heartbeats would have it. Processes on other machines cannot be checked
+    from here."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if where != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except ValueError:  # another process got there first
+            continue
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def done_count(study: optuna.Study) -> int:
     return sum(TrialRecord.from_frozen(t).counts_as_done for t in study.get_trials(deepcopy=False))
 
@@ -229,7 +268,14 @@ def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callbac
     """Run the trials the study still lacks and return its results."""
     data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
     study = open_search_study(spec)
+    if not has_heartbeats(spec.storage):  # a search killed on a journal file left its trial running
+        fail_orphans(study)
     missing = spec.search.trials - done_count(study)
+    objective, me = make_objective(spec, data, registry), this_process()
+
+    def owned(trial: optuna.Trial) -> float | tuple[float, ...]:
+        trial.set_user_attr(WORKER_ATTR, me)
+        return objective(trial)
 
     def stop_at_target(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Workers that joined (``autonorm worker``) finish trials too: stop when the study has enough."""
@@ -238,7 +284,7 @@ def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callbac
 
     if missing > 0:
         study.optimize(
-            make_objective(spec, data, registry),
+            owned,
             n_trials=missing,
             timeout=spec.search.timeout,
             callbacks=[*callbacks, stop_at_target],

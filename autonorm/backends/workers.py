@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import TrialState
 
-from autonorm.backends.optuna import Callback, open_search_study
+from autonorm.backends.optuna import WORKER_ATTR, Callback, fail_orphans, open_search_study, this_process
 from autonorm.data import load_data
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective, record_interrupted
@@ -66,11 +65,11 @@ def run_worker(
     objective = make_objective(spec, data, registry)
     target = spec.search.trials
     heartbeats = has_heartbeats(spec.storage)
-    me = f"{socket.gethostname()}:{os.getpid()}"
+    me = this_process()
 
     def claimed(trial: optuna.Trial) -> float:
         try:
-            trial.set_user_attr("worker", me)
+            trial.set_user_attr(WORKER_ATTR, me)
             done, running, waiting = _tally(study.get_trials(deepcopy=False), below=trial.number)
         except KeyboardInterrupt:  # Ctrl-C before the trial started training: recorded like one during it
             record_interrupted(trial)
@@ -97,33 +96,6 @@ def run_worker(
         else:
             break
     return results_of(study, spec.storage)
-
-
-def fail_orphans(study: optuna.Study) -> None:
-    """A storage without heartbeats (a journal file) never learns that a worker died, and its trial would
-    stay running, and taken, for good: a running trial whose worker was a process of this machine that
-    no longer exists is marked failed (its reason: the process stopped) and a copy with its parameters
-    is queued, as heartbeats would have it. Workers on other machines cannot be checked from here."""
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        where, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if where != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        try:
-            study.tell(t.number, state=TrialState.FAIL)
-        except ValueError:  # another worker got there first
-            continue
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def worker_spec(study_name: str, storage: str, registry: Registry, trials: int | None = None) -> SearchSpec:
