@@ -374,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(message: str) -> None:
+    """The error on one line of stderr, however narrow the terminal: scripts and CI logs grep for it."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # piped output (logs, CI) gets room for the tables; a terminal or $COLUMNS sets its own width
@@ -381,14 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except SpecError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+        _error(str(exc))
         return 2
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and nothing to flush
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:  # a file the command reads or writes: the system's reason, without a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        Console(stderr=True).print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False)
+        _error(where + (exc.strerror or str(exc)))
         return 2
     except KeyboardInterrupt:
         if not (args.command == "worker" and args.quiet):  # the workers of --workers N: their parent says it

@@ -1,9 +1,12 @@
 """Reading the YAML files users write: safely, with the numbers they mean, and every mistake located.
 
-PyYAML implements YAML 1.1, where ``5e-4`` or ``1e-3`` (no dot) is a string; YAML 1.2 and every
-other tool read them as numbers, and so does :class:`Loader`. A key given twice in one mapping is
-an error (PyYAML keeps the last one silently, so an earlier section would be lost). Only the safe
-tags are understood: nothing in a file is run as code.
+PyYAML implements YAML 1.1, whose plain scalars surprise: ``no``, ``off`` and ``y`` are booleans
+(``activation: [relu, no]``), ``010`` is 8, ``1:30`` is 90, and ``5e-4`` (no dot) is a string.
+:class:`Loader` reads them as YAML 1.2 (its core schema) and every other tool do: booleans are
+``true``/``false``, integers decimal (``0o``/``0x`` for octal and hex), floats with or without a dot,
+and the rest strings. A key given twice in one mapping is an error (PyYAML keeps the last one
+silently, so an earlier section would be lost), and so is an alias inside the node it names. Only
+the safe tags are understood: nothing in a file is run as code.
 """
 
 from __future__ import annotations
@@ -16,14 +19,32 @@ import yaml
 
 from autonorm.errors import SpecError
 
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
+
 
 class Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading exponent-only numbers (``5e-4``, ``1E+3``) as floats."""
+    """PyYAML's safe loader with the YAML 1.2 core schema's booleans, integers and floats."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text)  # decimal, leading zeros and all
 
 
+Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+Loader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
 Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+    _FLOAT,
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
 )
+Loader.add_constructor(_INT, Loader.construct_yaml_int)
 
 
 def read_yaml(path: str | Path, what: str) -> tuple[Any, yaml.Node | None]:
@@ -59,7 +80,23 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, yaml.Node | Non
         raise SpecError(f"invalid YAML: {problem or exc}", file=file, line=line, column=col) from None
 
 
-def _refuse_repeated_keys(node: yaml.Node | None, file: str | None) -> None:
+def _refuse_repeated_keys(
+    node: yaml.Node | None, file: str | None, inside: frozenset[int] = frozenset(), checked: set[int] | None = None
+) -> None:
+    """Refuse a key given twice in one mapping, and an alias inside the node it names (``&a [x, *a]``,
+    which has no end); a node that aliases share is checked once."""
+    checked = set() if checked is None else checked
+    if node is None or id(node) in checked:
+        return
+    if id(node) in inside:
+        mark = node.start_mark
+        raise SpecError(
+            f"invalid YAML: the anchor on line {mark.line + 1} is used inside its own value (it would never end)",
+            file=file,
+            line=mark.line + 1,
+            column=mark.column + 1,
+        )
+    inside = inside | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key, value in node.value:
@@ -73,7 +110,9 @@ def _refuse_repeated_keys(node: yaml.Node | None, file: str | None) -> None:
                         column=key.start_mark.column + 1,
                     )
                 seen[key.value] = key.start_mark.line + 1
-            _refuse_repeated_keys(value, file)
+            _refuse_repeated_keys(key, file, inside, checked)
+            _refuse_repeated_keys(value, file, inside, checked)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _refuse_repeated_keys(item, file)
+            _refuse_repeated_keys(item, file, inside, checked)
+    checked.add(id(node))
