@@ -28,7 +28,7 @@ from autonorm.config import TrialConfig
 from autonorm.data import Data, load_data
 from autonorm.errors import Incompatible, SpecError, TrialFailed
 from autonorm.params import DomainError
-from autonorm.registry import METHOD_KINDS, Registry, get_registry
+from autonorm.registry import METHOD_KINDS, Registry, get_registry, unknown_name_message
 from autonorm.space import check_compatible
 from autonorm.spec import TRAIN_PARAMS
 from autonorm.trainer import fit
@@ -79,6 +79,9 @@ def train(
 
 
 def _train(config: TrialConfig, out: Path, registry: Registry) -> TrainedModel:
+    if ("dataset", config.dataset.name) not in registry:
+        message = unknown_name_message("dataset", config.dataset.name, registry.names("dataset"))
+        raise SpecError(message + registry.failure_note(), path="dataset.name")
     data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed, registry)
     if len(data.x_test) == 0:
         raise SpecError("no test split to score the final model on: use test_fraction > 0", path="data.test_fraction")
@@ -98,13 +101,17 @@ def _train(config: TrialConfig, out: Path, registry: Registry) -> TrainedModel:
     n = int(config.train["batch_size"])
     try:
         model = build_model(config, full.x_train[:n], registry, sample_labels=full.y_train[:n])
-    except (ValueError, TypeError) as exc:  # e.g. a hand-edited group count the channels cannot take
+    except (ValueError, TypeError, RuntimeError) as exc:  # a hand-edited group count, or width (out of memory)
         raise SpecError(f"cannot build this configuration: {exc}", path="components") from None
     methods = build_training_methods(config, registry)
     try:
         result = fit(model, full, config.train, config.epochs, methods=methods)
     except TrialFailed as exc:  # diverged, incompatible, no CUDA: what a search records as the trial's reason
         raise SpecError(f"cannot train this configuration: {exc}") from None
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise SpecError(f"cannot train this configuration: out of memory ({exc})") from None
     evaluated = model
     for method in methods:
         evaluated = method.eval_model(evaluated)
@@ -164,6 +171,11 @@ def _read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
             file=str(path),
         )
     return state
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError (torch has no class for that one)."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
 def _check_fits(config: TrialConfig, data: Data) -> None:

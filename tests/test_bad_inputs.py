@@ -273,6 +273,7 @@ EDITED_CONFIGS = [
     ("train.weight_decay_on", "biases", "train.weight_decay_on: expected one of ['weights', 'all'], got 'biases'"),
     ("model.params.foo", 1, "model.params.foo: unknown hyperparameter of small_cnn 'foo'"),
     ("num_classes", 3, "num_classes: 3 does not match the data's 10"),
+    ("dataset.name", "cifar11", "dataset.name: unknown dataset 'cifar11'; did you mean 'cifar10'?"),
     ("components.training", {"name": "enorm"}, "components: incompatible: training enorm requires normalization:none"),
     (
         "components.training",
@@ -295,6 +296,18 @@ def test_train_on_a_hand_edited_configuration_is_a_clear_error_before_training(
     if message.startswith(key.split(".")[0]):  # an error at a key names the file too
         assert err.startswith(f"error: {tmp_path / 'best.yaml'}: "), err
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_running_out_of_memory_in_train_is_a_clear_error(trained, tmp_path, capsys, monkeypatch):
+    """A width edited far up: the CPU allocator's RuntimeError (here raised without allocating it)."""
+
+    def fit(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1638400000000 bytes")
+
+    monkeypatch.setattr("autonorm.final.fit", fit)
+    assert main(["train", str(trained / "config.yaml"), "-o", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: cannot train this configuration: out of memory (DefaultCPUAllocator"), err
 
 
 def test_output_paths_that_are_folders_or_files_are_clear_errors(trained, tmp_path, capsys):
