@@ -7,10 +7,10 @@ It is what a study stores per trial, what ``autonorm best`` writes and what
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autonorm.errors import SpecError, first_problem
 from autonorm.yamlfile import read_yaml
@@ -27,19 +27,19 @@ class TrialConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     dataset: ComponentChoice
-    val_fraction: float
-    test_fraction: float
-    input_shape: tuple[int, ...]
-    num_classes: int
+    val_fraction: float = Field(ge=0, lt=1)
+    test_fraction: float = Field(ge=0, lt=1)
+    input_shape: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=2, max_length=3)
+    num_classes: int = Field(ge=2)
     model: ComponentChoice
     #: chosen component per kind (normalization, activation, pooling, head, initializer); a kind
     #: excluded by another choice (FRN brings its own activation) is absent.
     components: dict[str, ComponentChoice]
     epochs: int
     train: dict[str, Any]
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     #: seed of the train/validation/test split (the search's ``search.seed``), so the test split stays held out
-    data_seed: int = 0
+    data_seed: int = Field(0, ge=0, lt=2**32)
 
     @field_validator("train")
     @classmethod

@@ -94,4 +94,6 @@ def first_problem(exc: ValidationError) -> tuple[tuple, str]:
         return where(err), "unknown key"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+    if err["type"] == "model_type":  # not "a valid dictionary or instance of _Data": the class is ours
+        return where(err), f"expected a mapping of keys to values{shown}"
     return where(err), err["msg"].removeprefix("Value error, ") + shown

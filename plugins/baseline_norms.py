@@ -65,7 +65,7 @@ def autonorm_components() -> list[Component]:
             kind="normalization",
             name="batchnorm",
             factory=batchnorm,
-            params={"momentum": Float(0.1, 0.01, 0.5, log=True)},
+            params={"momentum": Float(0.1, 0.01, 0.5, log=True, minimum=0, maximum=1)},
             batch_dependent=True,
         ),
         Component(

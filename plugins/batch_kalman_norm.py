@@ -187,7 +187,10 @@ def autonorm_components() -> list[Component]:
             name="batch_kalman",
             factory=batch_kalman,
             conv=kalman_conv,
-            params={"prior_weight": Float(0.05, 0.0, 0.95), "momentum": Float(0.1, 0.01, 0.5, log=True)},
+            params={
+                "prior_weight": Float(0.05, 0.0, 0.95, minimum=0, maximum=1),
+                "momentum": Float(0.1, 0.01, 0.5, log=True, minimum=0, maximum=1),
+            },
             batch_dependent=True,
         )
     ]

@@ -47,5 +47,10 @@ def digits(imbalance: float = 1.0) -> Arrays:
 @autonorm.hookimpl
 def autonorm_components() -> list[Component]:
     return [
-        Component(kind="dataset", name="digits", factory=digits, params={"imbalance": Float(1.0, 1.0, 200.0, log=True)})
+        Component(
+            kind="dataset",
+            name="digits",
+            factory=digits,
+            params={"imbalance": Float(1.0, 1.0, 200.0, log=True, minimum=1.0)},
+        )
     ]

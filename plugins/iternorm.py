@@ -116,7 +116,7 @@ def autonorm_components() -> list[Component]:
             params={
                 "group_size": Int(16, 1, 64, log=True),
                 "iterations": Int(5, 1, 7),
-                "momentum": Float(0.1, 0.01, 0.5, log=True),
+                "momentum": Float(0.1, 0.01, 0.5, log=True, minimum=0, maximum=1),
             },
             batch_dependent=True,
         )

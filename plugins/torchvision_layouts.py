@@ -187,7 +187,7 @@ def _factory(name: str):
 
 @autonorm.hookimpl
 def autonorm_components() -> list[Component]:
-    params = {"root": FilePath("data"), "limit": Int(0, 0, 60000)}
+    params = {"root": FilePath("data"), "limit": Int(0, 0, 60000, minimum=0)}
     return [
         Component(kind="dataset", name=name, factory=_factory(name), params=params)
         for name in (*MNIST_FOLDERS, *CIFAR_LAYOUTS)

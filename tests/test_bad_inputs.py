@@ -56,6 +56,10 @@ CORPUS = [
     ("huge-seed", GOOD.replace("pruner: none", "seed: 4294967296"), (), "search.seed: Input should be less than"),
     ("zero-workers", None, ("--workers", "0"), "search.workers: Input should be greater than 0"),
     ("workers-on-ray", GOOD.replace("pruner: none", "backend: ray"), ("--workers", "2"), "on Ray, trials run"),
+    ("negative-imbalance", GOOD + "data: {imbalance: -5}\n", (), "data.imbalance: expected at least 1"),
+    ("momentum-above-one", GOOD + "space: {normalization: {batchnorm: {momentum: 5}}}\n", (), "at most 1, got 5"),
+    ("recursive-alias", GOOD + "space: {activation: &a [relu, *a]}\n", (), "used inside its own value"),
+    ("empty-section", GOOD + "data:\n", (), "data: expected a mapping of keys to values (got None)"),
 ]
 
 
@@ -274,6 +278,9 @@ EDITED_CONFIGS = [
     ("model.params.foo", 1, "model.params.foo: unknown hyperparameter of small_cnn 'foo'"),
     ("num_classes", 3, "num_classes: 3 does not match the data's 10"),
     ("dataset.name", "cifar11", "dataset.name: unknown dataset 'cifar11'; did you mean 'cifar10'?"),
+    ("seed", -5, "seed: Input should be greater than or equal to 0"),
+    ("val_fraction", 1.5, "val_fraction: Input should be less than 1"),
+    ("input_shape", [1, 1, 8, 8], "input_shape: Tuple should have at most 3 items"),
     ("components.training", {"name": "enorm"}, "components: incompatible: training enorm requires normalization:none"),
     (
         "components.training",
