@@ -39,7 +39,7 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
-from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec
+from autonorm.spec import PROTOCOL_KEYS, SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec
 from autonorm.trainer import fit
 from autonorm.yamlfile import read_yaml
 
@@ -206,7 +206,12 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
     try:
         proto = _Protocol.model_validate(raw if isinstance(raw, dict) else {})
     except ValidationError as exc:
-        where, message = first_problem(exc)
+        if file and isinstance(raw, dict) and not any(key in raw for key in PROTOCOL_KEYS):
+            raise SpecError(
+                f"a search space, not a comparison protocol (it has no kind or tasks): run `autonorm search {file}`",
+                file=file,
+            ) from None
+        where, message = first_problem(exc, _Protocol)
         line, col = _locate(tree, where)
         raise SpecError(message, file=file, path=".".join(map(str, where)), line=line, column=col) from None
 
@@ -428,9 +433,10 @@ def _table(
 
 
 def is_protocol(path: str | os.PathLike) -> bool:
-    """Whether a YAML file is a comparison protocol (it has ``kind`` and ``tasks``) rather than a space."""
+    """Whether a YAML file is a comparison protocol (it has a key only protocols have: ``kind``,
+    ``tasks``, ...) rather than a space."""
     try:
         raw, _ = read_yaml(path, "file")
     except SpecError:
         return False
-    return isinstance(raw, dict) and "tasks" in raw and "kind" in raw
+    return isinstance(raw, dict) and any(key in raw for key in PROTOCOL_KEYS)

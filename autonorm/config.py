@@ -73,7 +73,7 @@ class TrialConfig(BaseModel):
         try:
             return cls.model_validate(source)
         except ValidationError as exc:
-            where, message = first_problem(exc)
+            where, message = first_problem(exc, cls)
             raise SpecError(message, file=file, path=".".join(map(str, where))) from None
 
     def summary(self) -> str:

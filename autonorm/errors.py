@@ -4,11 +4,12 @@ output path into a :class:`SpecError`."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class SpecError(Exception):
@@ -79,10 +80,12 @@ def output_file(path: str | os.PathLike) -> Path:
     return out
 
 
-def first_problem(exc: ValidationError) -> tuple[tuple, str]:
+def first_problem(exc: ValidationError, model: type[BaseModel] | None = None) -> tuple[tuple, str]:
     """Where (the keys of the user's data, without pydantic's tags for the members of a union) and
     what, in plain words, of the first problem pydantic found; of a union's members, the one that
-    got deepest into the value (``[val_accuracy, latncy]`` is wrong at item 1, not as a whole)."""
+    got deepest into the value (``[val_accuracy, latncy]`` is wrong at item 1, not as a whole). With
+    the ``model`` validated, a misspelt key is named: ``trails: unknown key; did you mean 'trials'?``,
+    and a required key missing next to it says so."""
 
     def where(err: Any) -> tuple:
         return tuple(part for part in err["loc"] if not (isinstance(part, str) and "[" in part))
@@ -90,10 +93,26 @@ def first_problem(exc: ValidationError) -> tuple[tuple, str]:
     errors = exc.errors()
     first = where(errors[0])
     err = max((e for e in errors if where(e)[: len(first)] == first), key=lambda e: len(where(e)))
+    unknown = [where(e) for e in errors if e["type"] == "extra_forbidden"]
+    if err["type"] == "missing":  # a required key, perhaps misspelt: ``task:`` for ``tasks:``
+        for key in unknown:
+            if key[:-1] == where(err)[:-1] and difflib.get_close_matches(str(key[-1]), [str(where(err)[-1])]):
+                return where(err), f"missing; is {key[-1]!r} a misspelling of it?"
     if err["type"] == "extra_forbidden":
-        return where(err), "unknown key"
+        names = _field_names(model, where(err)[:-1])
+        close = difflib.get_close_matches(str(where(err)[-1]), names, n=1)
+        return where(err), "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict) else ""
     if err["type"] == "model_type":  # not "a valid dictionary or instance of _Data": the class is ours
         return where(err), f"expected a mapping of keys to values{shown}"
     return where(err), err["msg"].removeprefix("Value error, ") + shown
+
+
+def _field_names(model: type[BaseModel] | None, path: tuple) -> list[str]:
+    """The keys the (nested) model at ``path`` of ``model`` takes; none where that is not a model."""
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return [field.alias or name for name, field in model.model_fields.items()] if model is not None else []

@@ -248,11 +248,15 @@ class SearchSpec:
         try:
             self.search = SearchSettings.model_validate({**self.search.model_dump(), **given})
         except ValidationError as exc:
-            where, message = first_problem(exc)
+            where, message = first_problem(exc, SearchSettings)
             raise SpecError(message, path=".".join(map(str, ("search", *where)))) from None
 
 
 # ---------------------------------------------------------------- loading
+
+
+#: Top-level keys of a comparison protocol that a search space does not have.
+PROTOCOL_KEYS = ("kind", "candidates", "baseline", "tasks", "tune", "seeds")
 
 
 def load_spec(
@@ -288,7 +292,14 @@ class _Parser:
         try:
             file = _File.model_validate(raw)
         except ValidationError as exc:
-            raise self.error(*first_problem(exc)) from None
+            given = [key for key in PROTOCOL_KEYS if key in raw]
+            if self.file and given:
+                raise SpecError(
+                    f"a comparison protocol, not a search space (it has {', '.join(given)}): "
+                    f"run `autonorm compare {self.file}`",
+                    file=self.file,
+                ) from None
+            raise self.error(*first_problem(exc, _File)) from None
         default_name = Path(self.file).stem if self.file else "autonorm"
         dataset = self.component("dataset", file.data.dataset, ("data", "dataset"))
         data_extra = dict(file.data.model_extra or {})

@@ -60,6 +60,12 @@ CORPUS = [
     ("momentum-above-one", GOOD + "space: {normalization: {batchnorm: {momentum: 5}}}\n", (), "at most 1, got 5"),
     ("recursive-alias", GOOD + "space: {activation: &a [relu, *a]}\n", (), "used inside its own value"),
     ("empty-section", GOOD + "data:\n", (), "data: expected a mapping of keys to values (got None)"),
+    (
+        "misspelt-key",
+        GOOD.replace("pruner: none", "trails: 3"),
+        (),
+        "search.trails: unknown key; did you mean 'trials'?",
+    ),
 ]
 
 

@@ -12,6 +12,7 @@ from scipy import stats
 import autonorm
 import autonorm.comparison as compare_module
 from autonorm import Registry, SpecError, display
+from autonorm.cli import main
 from autonorm.comparison import Cell, Comparison, holm, load_comparison, load_protocol
 from tests.conftest import run_cli, write
 from tests.helpers import registry_with_test_components
@@ -139,7 +140,9 @@ def test_an_interrupted_comparison_resumes_to_the_numbers_it_would_have_given_un
         compare_module.compare({**protocol, "name": "resumed"}, registry)
     resumed = compare_module.compare({**protocol, "name": "resumed"}, registry)
     assert {k: c.accuracies for k, c in resumed.cells.items()} == {k: c.accuracies for k, c in straight.cells.items()}
-    interrupted = optuna.load_study(study_name="resumed.digits.batchnorm", storage="sqlite:///resumed.digits.batchnorm.db")
+    interrupted = optuna.load_study(
+        study_name="resumed.digits.batchnorm", storage="sqlite:///resumed.digits.batchnorm.db"
+    )
     assert [t.user_attrs.get("fail_reason") for t in interrupted.trials].count("interrupted") == 1
 
 
@@ -185,6 +188,30 @@ def test_protocol_errors_name_the_place(tmp_path):
     ]:
         with pytest.raises(SpecError, match=message):
             load_protocol({**PROTOCOL, **protocol}, registry_with_test_components())
+
+
+def test_a_protocol_and_a_space_are_not_taken_for_each_other(tmp_path, capsys):
+    """Each command says which file it was given and which command reads it; a misspelt protocol key
+    is named as such, not as a space's unknown key."""
+    space = write(tmp_path / "s.yaml", "name: s\ntrain: {epochs: 1}\n")
+    protocol = write(tmp_path / "p.yaml", "name: p\nkind: normalization\ntasks: [{name: d, data: {}}]\n")
+    typo = write(tmp_path / "t.yaml", "name: t\nkind: normalization\ntask: [{name: d, data: {}}]\nseed: 2\n")
+    for args, message in [
+        (
+            ["compare", str(space)],
+            f"a search space, not a comparison protocol (it has no kind or tasks): run `autonorm search {space}`",
+        ),
+        (
+            ["search", str(protocol)],
+            f"a comparison protocol, not a search space (it has kind, tasks): run `autonorm compare {protocol}`",
+        ),
+        (["validate", str(typo)], "tasks: missing; is 'task' a misspelling of it?"),
+    ]:
+        assert main(args) == 2
+        assert message in " ".join(capsys.readouterr().err.split())
+    typo.write_text(typo.read_text().replace("task:", "tasks:"))
+    assert main(["validate", str(typo)]) == 2
+    assert "t.yaml:4:1: seed: unknown key; did you mean 'seeds'?" in capsys.readouterr().err
 
 
 def test_compare_results_and_report_through_the_cli(tmp_path):
