@@ -21,7 +21,7 @@ from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError, first_problem
 from autonorm.params import Categorical, Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
-from autonorm.storage import parse_url
+from autonorm.storage import check_shareable, parse_url
 from autonorm.yamlfile import read_yaml
 
 #: Kinds a search space chooses among, with the component used when the space does not mention them.
@@ -334,6 +334,8 @@ class _Parser:
         self.check_combinations(spec)
         try:
             parse_url(spec.storage)
+            if spec.search.backend == "optuna" and spec.search.storage:  # the default: --storage may give one
+                check_shareable(spec.storage, spec.search.workers)
         except SpecError as exc:
             raise self.error(("search", "storage"), exc.message) from None
         return spec

@@ -89,7 +89,7 @@ def test_bad_input_is_a_located_error_and_leaves_the_storage_intact(
 ):
     before = intact.read_bytes()
     space = write(tmp_path / "space.yaml", text if text is not None else GOOD)
-    command = "validate" if case == "python-object-tag" else "search"
+    command = "validate" if case in ("python-object-tag", "sqlite-in-the-file-for-workers") else "search"
     args = [command, str(space), *(extra if command == "search" else ())]
     assert main([*args, "-q"] if command == "search" else args) == 2
     out, err = capsys.readouterr()
