@@ -55,7 +55,7 @@ class _Task(BaseModel):
 
 class _Protocol(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=120)
     kind: str
     candidates: list[str] | None = None
     baseline: str | None = None

@@ -192,7 +192,8 @@ class SearchSettings(_Section):
 
 
 class _File(_Section):
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # a file name, never an option
+    # a file name (``NAME.db``; a comparison's ``NAME.TASK.CANDIDATE.db``), never an option
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=120)
     data: _Data = _Data()
     model: _Model = _Model()
     space: dict[str, Any] = {}
