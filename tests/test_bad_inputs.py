@@ -60,6 +60,13 @@ CORPUS = [
     ("momentum-above-one", GOOD + "space: {normalization: {batchnorm: {momentum: 5}}}\n", (), "at most 1, got 5"),
     ("recursive-alias", GOOD + "space: {activation: &a [relu, *a]}\n", (), "used inside its own value"),
     ("empty-section", GOOD + "data:\n", (), "data: expected a mapping of keys to values (got None)"),
+    ("long-name", GOOD.replace("name: intact", "name: " + "a" * 300), (), "name: String should have at most 120"),
+    (
+        "sqlite-in-the-file-for-workers",
+        GOOD.replace("pruner: none", "workers: 2, storage: 'sqlite:///w.db'"),
+        (),
+        "space.yaml:4:",  # validate finds it, at the key
+    ),
     (
         "misspelt-key",
         GOOD.replace("pruner: none", "trails: 3"),
