@@ -210,8 +210,18 @@ def test_resuming_with_a_parameter_searched_another_way_is_an_error_before_any_t
     space = write(tmp_path / "tiny.yaml", tiny.replace("batch_size: 64", "batch_size: [16, 32, 64]"))
     cli("search", str(space), "-q")
     edits = [
-        ("lr: {loguniform: [0.01, 0.2]}", "lr: [0.01, 0.05, 0.2]", "train.lr", "different distribution kind"),
-        ("activation: [relu, elu]", "activation: [relu, elu, and_ail]", "space.activation", "dynamic value space"),
+        (
+            "lr: {loguniform: [0.01, 0.2]}",
+            "lr: [0.01, 0.05, 0.2]",
+            "train.lr",
+            "as a log number range [0.01, 0.2], this space as an ordered choice of [0.01, 0.05, 0.2]",
+        ),
+        (
+            "activation: [relu, elu]",
+            "activation: [relu, elu, and_ail]",
+            "space.activation",
+            "as a choice of ['relu', 'elu'], this space as a choice of ['relu', 'elu', 'and_ail']",
+        ),
         ("batch_size: [16, 32, 64]", "batch_size: [16, 32, 64, 128]", "train.batch_size", "lists [16, 32, 64, 128]"),
         (
             "batch_size: [16, 32, 64]",
@@ -219,13 +229,19 @@ def test_resuming_with_a_parameter_searched_another_way_is_an_error_before_any_t
             "train.batch_size",
             "[16, 32, 64]; this space lists [16, 48, 64]",
         ),
-        ("batch_size: [16, 32, 64]", "batch_size: {low: 16, high: 64}", "train.batch_size", "searches it as Int"),
+        (
+            "batch_size: [16, 32, 64]",
+            "batch_size: {low: 16, high: 64}",
+            "train.batch_size",
+            "searches it as an integer range [16, 64]",
+        ),
     ]
     for before, after, key, why in edits:
         write(space, space.read_text().replace(before, after))
         _, err = cli("search", str(space), "-q", code=2)
         err = " ".join(err.split())  # as wrapped to the console's width
         assert f"tiny.yaml: {key}: study 'tiny' searched" in err and why in err and "give the search a new name" in err
+        assert "Distribution" not in err  # Optuna's classes are not the user's words
         write(space, space.read_text().replace(after, before))
     assert len(autonorm.load_study("tiny").trials) == 1
     write(space, space.read_text().replace("lr: {loguniform: [0.01, 0.2]}", "lr: {loguniform: [0.02, 0.1]}"))

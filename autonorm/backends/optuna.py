@@ -174,21 +174,33 @@ def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
         was, is_ = ordered_before.get(name), list(domain.choices) if isinstance(domain, Ordered) else None
         try:
             optuna.distributions.check_distribution_compatibility(before, now)
-        except ValueError as exc:
-            problem = f"searched {name} as {before}, this space as {now} ({exc})"
+        except ValueError:
+            problem = f"searched {name} as {_described(before, was)}, this space as {_described(now, is_)}"
         else:
             if was == is_:
                 continue
             if was is None:
-                problem = f"searched {name} as {before}; this space makes it an ordered choice of {is_}"
+                problem = f"searched {name} as {_described(before)}; this space makes it an ordered choice of {is_}"
             else:
-                now_text = f"lists {is_}" if is_ is not None else f"searches it as {now}"
+                now_text = f"lists {is_}" if is_ is not None else f"searches it as {_described(now)}"
                 problem = f"searched {name} by position in the ordered values {was}; this space {now_text}"
         raise SpecError(
             f"study {spec.name!r} {problem}; resume with the same choices, or give the search a new name",
             file=spec.source,
             path=path,
         )
+
+
+def _described(distribution: optuna.distributions.BaseDistribution, ordered: list | None = None) -> str:
+    """A parameter's distribution as the space file says it: a choice of [...], an ordered choice of
+    [...] (whose positions Optuna sees as integers), a (log) range."""
+    if ordered is not None:
+        return f"an ordered choice of {ordered}"
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return f"a choice of {list(distribution.choices)}"
+    integer = isinstance(distribution, optuna.distributions.IntDistribution)  # else a FloatDistribution
+    kind = f"{'a log' if distribution.log else 'an' if integer else 'a'} {'integer' if integer else 'number'}"
+    return f"{kind} range [{distribution.low}, {distribution.high}]"
 
 
 def stored_space(spec: SearchSpec) -> dict:
