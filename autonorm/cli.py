@@ -45,7 +45,11 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         console = Console(stderr=True)
     registry = get_registry()
     spec = load_spec(args.space, registry)
-    spec.override(trials=args.trials, storage=args.storage, workers=args.workers)
+    try:
+        spec.override(trials=args.trials, storage=args.storage, workers=args.workers)
+    except SpecError as exc:  # an option's value: name the option
+        exc.path = "--" + (exc.path or "").removeprefix("search.")
+        raise
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         if spec.search.backend == "optuna":

@@ -16,8 +16,8 @@ they need neither torchvision nor network access, and they never download anythi
 Images are (N, 1, 28, 28) or (N, 3, 32, 32) with pixel values in [0, 1]. The official test split is
 the held-out test split (so ``data.test_fraction`` does not apply); validation is carved from the
 training split by autonorm's usual stratified split. ``limit`` > 0 keeps that many training images
-(a fixed random subset), so comparisons on a CPU stay small. ``root`` is read relative to the
-current directory, like every path in a space file.
+(a fixed random subset), so comparisons on a CPU stay small. A relative ``root`` is read from
+the space file's folder, like every path in a space file.
 """
 
 from __future__ import annotations

@@ -50,11 +50,11 @@ CORPUS = [
         "cannot open storage postgresql+psycopg2://autonorm:***@127.0.0.1:1/autonorm",
     ),
     ("sqlite-for-many-workers", None, ("--workers", "3"), "cannot be shared by 3 worker processes"),
-    ("zero-trials", None, ("--trials", "0"), "search.trials: Input should be greater than 0"),
+    ("zero-trials", None, ("--trials", "0"), "error: --trials: Input should be greater than 0"),
     ("in-memory-sqlite", None, ("--storage", "sqlite://"), "'sqlite://' keeps the study in memory"),
     ("negative-seed", GOOD.replace("pruner: none", "seed: -1"), (), "search.seed: Input should be greater than"),
     ("huge-seed", GOOD.replace("pruner: none", "seed: 4294967296"), (), "search.seed: Input should be less than"),
-    ("zero-workers", None, ("--workers", "0"), "search.workers: Input should be greater than 0"),
+    ("zero-workers", None, ("--workers", "0"), "error: --workers: Input should be greater than 0"),
     ("workers-on-ray", GOOD.replace("pruner: none", "backend: ray"), ("--workers", "2"), "on Ray, trials run"),
     ("negative-imbalance", GOOD + "data: {imbalance: -5}\n", (), "data.imbalance: expected at least 1"),
     ("momentum-above-one", GOOD + "space: {normalization: {batchnorm: {momentum: 5}}}\n", (), "at most 1, got 5"),
@@ -105,6 +105,13 @@ def test_bad_input_is_a_located_error_and_leaves_the_storage_intact(
     assert SECRET not in out + err
     assert intact.read_bytes() == before
     assert not (tmp_path / "executed").exists()
+
+
+def test_a_missing_data_file_is_named_with_the_space_file_that_names_it(tmp_path, capsys):
+    space = write(tmp_path / "space.yaml", GOOD + "data: {dataset: npz, path: missing.npz}\n")
+    assert main(["search", str(space), "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err == f"error: {space}: data.path ({tmp_path / 'missing.npz'}): no such file", err
 
 
 @pytest.mark.parametrize(
