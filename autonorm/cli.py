@@ -281,8 +281,7 @@ def _print_comparison(comparison: Comparison, console: Console) -> None:
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     def show(cell) -> None:
-        result = f"{cell.mean:.4f} ± {cell.ci95:.4f}" if cell.mean is not None else f"failed: {cell.error}"
-        console.print(f"  {cell.task} / {cell.candidate}: {result}", highlight=False)
+        console.print(f"  {cell.task} / {cell.candidate}: {cell.shown(4)}", highlight=False)
 
     _print_comparison(compare(args.protocol, on_cell=None if args.quiet else show), console)
     return 0

@@ -97,11 +97,19 @@ class Cell:
 
     @property
     def ci95(self) -> float | None:
-        """Half-width of the 95% Student-t confidence interval of the mean (0 with one seed)."""
+        """Half-width of the 95% Student-t confidence interval of the mean; None with fewer than two
+        seeds, where there is none (not 0: one seed says nothing of the spread)."""
         n = len(self.accuracies)
         if n < 2:
-            return 0.0 if n else None
+            return None
         return float(_stats().t.ppf(0.975, n - 1) * np.std(self.accuracies, ddof=1) / math.sqrt(n))
+
+    def shown(self, digits: int = 3) -> str:
+        """``mean ± ci95`` (the mean alone with one seed), or why the cell has no result."""
+        if self.mean is None:
+            return f"failed: {self.error}"
+        ci = self.ci95
+        return f"{self.mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
 
 
 @dataclass

@@ -226,7 +226,7 @@ def _comparison_cell(cell: Any, seeds: int) -> str:
     """``mean ± ci``; the seed count where fewer seeds than asked finished; the reason of a failure."""
     if cell.mean is None:
         return f"[red]{escape(cell.error or 'no result')}[/red]"
-    shown = f"{cell.mean:.3f} ± {cell.ci95:.3f}"
+    shown = cell.shown(3)
     return shown if len(cell.accuracies) == seeds else f"{shown} [yellow](n={len(cell.accuracies)})[/yellow]"
 
 

@@ -92,10 +92,7 @@ def _comparison_table(comparison: Comparison) -> str:
     rows = []
     for cand in sorted(comparison.candidates, key=ranks.get):
         cells = [comparison.cells[t, cand] for t in comparison.tasks]
-        shown = [
-            f"{c.mean:.4f} ± {c.ci95:.4f} (n={len(c.accuracies)})" if c.mean is not None else f"failed: {c.error}"
-            for c in cells
-        ]
+        shown = [c.shown(4) + (f" (n={len(c.accuracies)})" if c.mean is not None else "") for c in cells]
         cost = comparison.mean_costs(cand)
         p = "baseline" if cand == comparison.baseline else _fmt(pvalues.get(cand))
         rank = "-" if math.isnan(ranks[cand]) else f"{ranks[cand]:.2f}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,7 +302,9 @@ class _Parser:
                     file=self.file,
                 ) from None
             raise self.error(*first_problem(exc, _File)) from None
-        default_name = Path(self.file).stem if self.file else "autonorm"
+        # the file's name, in the characters a study name takes: étude.yaml -> etude
+        stem = unicodedata.normalize("NFKD", Path(self.file).stem if self.file else "autonorm")
+        default_name = stem.encode("ascii", "ignore").decode()
         dataset = self.component("dataset", file.data.dataset, ("data", "dataset"))
         data_extra = dict(file.data.model_extra or {})
         data_params = {key: self.fixed_value(dataset, key, value, ("data", key)) for key, value in data_extra.items()}

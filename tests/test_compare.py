@@ -43,7 +43,8 @@ def test_confidence_interval_is_the_student_t_half_width():
     assert cell.mean == pytest.approx(0.92)
     # sd = 0.02, n = 3, t(0.975, 2) = 4.302652729911275
     assert cell.ci95 == pytest.approx(4.302652729911275 * 0.02 / math.sqrt(3))
-    assert table({("t", "a"): [0.5]}).cells["t", "a"].ci95 == 0.0
+    one = table({("t", "a"): [0.5]}).cells["t", "a"]
+    assert one.ci95 is None and one.shown() == "0.500"  # one seed: no interval, not "± 0.000"
 
 
 def test_average_ranks_share_ties():
@@ -231,7 +232,7 @@ def test_compare_results_and_report_through_the_cli(tmp_path):
     stored = load_comparison(protocol)
     cell = stored.cells["tail", "groupnorm"]
     assert len(cell.accuracies) == 2 and cell.error is None
-    shown = f"{cell.mean:.3f} ± {cell.ci95:.3f}"
+    shown = cell.shown(3)
     assert shown in proc.stdout
 
     results = run_cli("results", str(protocol))
@@ -243,7 +244,7 @@ def test_compare_results_and_report_through_the_cli(tmp_path):
     run_cli("report", str(protocol), "-o", str(tmp_path / "cmp.html"))
     page = (tmp_path / "cmp.html").read_text()
     assert "Test accuracy of every seed" in page and "Average rank" in page
-    assert f"{cell.mean:.4f} ± {cell.ci95:.4f} (n=2)" in page and page.count('class="plotly-graph-div"') == 2
+    assert f"{cell.shown(4)} (n=2)" in page and page.count('class="plotly-graph-div"') == 2
 
 
 #: One epoch of a one-block CNN: enough for a cell to have numbers.
@@ -301,7 +302,7 @@ def test_a_third_party_normalization_runs_in_a_comparison(with_plugins):
     console = Console(width=200, record=True)
     console.print(shown)
     text = console.export_text()
-    assert "sample_rms" in text and f"{cell.mean:.3f} ± {cell.ci95:.3f}" in text
+    assert "sample_rms" in text and cell.shown(3) in text
 
 
 def test_a_candidate_incompatible_with_the_backbone_shows_why_while_the_others_finish():

@@ -172,6 +172,7 @@ def test_a_study_name_is_a_plain_file_name(tmp_path):
     assert "name" in error_of(tmp_path, "name: '-q'").path
     assert "name" in error_of(tmp_path, "name: '..'").path
     assert load_spec(write(tmp_path / "-q.yaml", "train: {epochs: 1}")).name == "q"
+    assert load_spec(write(tmp_path / "étude.yaml", "train: {epochs: 1}")).name == "etude"  # not "tude"
 
 
 def test_a_count_is_not_a_boolean(tmp_path):
