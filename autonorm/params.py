@@ -9,6 +9,7 @@ sampled define-by-run from an Optuna trial.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,9 +166,10 @@ class Float:
         _check_declaration(self)
 
     def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        # numbers.Real: NumPy's scalars too (np.float32 is not a float), as a program may pass them
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise DomainError(f"expected a finite number, got {value!r}")
-        return float(_within(self, value))
+        return float(_within(self, float(value)))
 
     def default_domain(self) -> Domain:
         return FloatRange(self.low, self.high, self.log)
@@ -212,9 +214,9 @@ class Int:
                 raise ValueError(f"{self!r}: default {self.default} is not one of the values")
 
     def check(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # np.int64 too
             raise DomainError(f"expected an integer, got {value!r}")
-        return _within(self, value)
+        return _within(self, int(value))
 
     def default_domain(self) -> Domain:
         return Ordered(self.values) if self.values else IntRange(self.low, self.high, self.log)

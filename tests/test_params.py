@@ -1,3 +1,4 @@
+import numpy as np
 import optuna
 import pytest
 
@@ -114,3 +115,11 @@ def test_tpe_learns_from_the_neighbours_of_an_ordered_choice():
 def test_a_bad_declaration_is_refused_when_made(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_numpy_scalars_from_a_program_are_numbers():
+    """A program computing its space with NumPy passes np.int64 / np.float32, which are not int / float."""
+    assert Int(1, 1, 10).check(np.int64(3)) == 3 and type(Int(1, 1, 10).check(np.int64(3))) is int
+    assert Float(0.1, 0.01, 1.0).check(np.float32(0.5)) == 0.5
+    with pytest.raises(DomainError, match="expected an integer, got True"):
+        Int(1, 1, 10).check(True)
