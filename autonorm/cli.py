@@ -28,6 +28,7 @@ from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, load_study,
 from autonorm.spec import load_spec
 from autonorm.storage import check_shareable, mask_url
 from autonorm.testing import CHECKED_KINDS, check_component
+from autonorm.trainer import resolve_device
 
 
 def _study_args(parser: argparse.ArgumentParser, protocol: bool = True) -> None:
@@ -61,6 +62,10 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         raise
     if already:
         console.print(f"resuming study {spec.name}: {already} of {spec.search.trials} trials already done")
+    device = spec.train_options.get("device", "auto")
+    local = spec.search.backend == "optuna"  # Ray's trials may run on other machines, with CUDA
+    if local and spec.train_options.get("amp") and device != "cuda" and resolve_device(device).type != "cuda":
+        console.print("note: amp is CUDA's (bf16 autocast); trials here train on the CPU, without it")
     if spec.search.multi_objective and spec.search.pruner != "none":
         console.print(
             f"note: Optuna cannot prune a multi-objective search; pruner {spec.search.pruner!r} is off "

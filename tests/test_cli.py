@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import autonorm
@@ -108,6 +109,18 @@ def test_search_resume_results_best(tmp_path, cli):
         "batchnorm",
         "groupnorm",
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="amp is on where CUDA is")
+def test_a_search_with_amp_on_the_cpu_says_it_trains_without(tmp_path, cli):
+    space = write(
+        tmp_path / "amp.yaml",
+        TINY_SPACE.replace("epochs: 2", "epochs: 1\n  amp: true").replace("trials: 3", "trials: 1"),
+    )
+    out, _ = cli("search", str(space), "-q")
+    assert "note: amp is CUDA's (bf16 autocast); trials here train on the CPU, without it" in out
+    out, _ = cli("search", str(write(tmp_path / "plain.yaml", TINY_SPACE.replace("trials: 3", "trials: 1"))), "-q")
+    assert "note: amp" not in out
 
 
 def test_version_names_autonorm_torch_and_optuna(capsys):
