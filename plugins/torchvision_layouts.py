@@ -10,8 +10,9 @@ they need neither torchvision nor network access, and they never download anythi
   format of LeCun et al.'s MNIST distribution;
 - ``cifar10``: ``root/cifar-10-batches-py/data_batch_1`` .. ``data_batch_5`` and ``test_batch``;
   ``cifar100``: ``root/cifar-100-python/train`` and ``test`` (fine labels): Krizhevsky's Python
-  pickles of ``data`` (N x 3072 bytes, channel-major) and ``labels`` / ``fine_labels``. Pickles can
-  run code when loaded, as with torchvision: point ``root`` only at files you trust.
+  pickles of ``data`` (N x 3072 bytes, channel-major) and ``labels`` / ``fine_labels``. A pickle
+  can name any function to call while it loads; these are loaded with only what a NumPy array
+  needs (:class:`ArraysOnly`), so a file that names anything else is refused, not run.
 
 Images are (N, 1, 28, 28) or (N, 3, 32, 32) with pixel values in [0, 1]. The official test split is
 the held-out test split (so ``data.test_fraction`` does not apply); validation is carved from the
@@ -112,10 +113,26 @@ def load_mnist_family(name: str, root: str, limit: int = 0) -> Arrays:
     return _arrays(x, y, x_test, y_test, 10, limit, root)
 
 
+class ArraysOnly(pickle.Unpickler):
+    """An unpickler that finds only the globals a NumPy array's pickle names (Krizhevsky's batches
+    hold a dict of strings, lists and one array): any other, ``os.system`` or a class, is an error."""
+
+    ALLOWED = frozenset(
+        [(f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")]
+        + [(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")]
+        + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+    )
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch does not: not loaded")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, where: str) -> dict[str, object]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # the official files were pickled by Python 2
+            entry = ArraysOnly(f, encoding="latin1").load()  # the official files were pickled by Python 2
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise SpecError(f"cannot read {path}: {exc}", path=where) from None
     if not isinstance(entry, dict):

@@ -1,6 +1,7 @@
 """Torchvision's on-disk layouts read without torchvision: tiny files in the real formats, exact round trips."""
 
 import gzip
+import os
 import pickle
 import struct
 
@@ -137,6 +138,22 @@ def test_a_missing_dataset_names_the_expected_place_and_is_never_downloaded(tmp_
     with pytest.raises(SpecError, match=r"missing data_batch_3; datasets are never downloaded"):
         dataset("cifar10", root=str(tmp_path))
     assert not any(p.suffix in (".gz", ".tar") for p in tmp_path.rglob("*"))  # nothing was fetched
+
+
+class Payload:
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_cifar_pickle_that_names_a_function_is_refused_not_run(tmp_path):
+    write_cifar(tmp_path)
+    payload = Payload()
+    payload.marker = tmp_path / "executed"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(pickle.dumps({b"data": payload, b"labels": []}, protocol=2))
+    with pytest.raises(SpecError, match=r"data_batch_2: it names (posix|os)\.system, which a CIFAR batch does not"):
+        dataset("cifar10", root=str(tmp_path))
+    assert not payload.marker.exists()
 
 
 def test_a_file_that_is_not_idx_is_reported(tmp_path):
