@@ -20,8 +20,12 @@ Defaults and choices:
   gives the constant m of the paper;
 - the teacher is a deep copy of the model as it is at setup, parameters and buffers alike (the official
   constructors copy parameters only, which is the same from scratch);
-- the teacher gives no training targets here (the paper's self- and semi-supervised losses use it for
-  targets); it is the model that is evaluated, and the paper's evaluation of the student is not reproduced (u).
+- the teacher is the model evaluated (decided here). In the paper the teacher is a training device:
+  its self- and semi-supervised losses (MoCo, BYOL, FixMatch) take their targets from it, and the
+  student is what is evaluated (``main_fixmatch.py``'s ``validate``; the linear probes of the student
+  encoder). Supervised training has no loss that takes targets from a teacher, so the student would
+  train as if there were none, and evaluating it would measure nothing of EMAN; evaluating the
+  teacher measures its batch-independent, averaged model instead.
 """
 
 from __future__ import annotations
