@@ -38,14 +38,16 @@ SEARCHED_KINDS = {
 }
 
 
-def _not_a_boolean(value: Any) -> Any:
+def _a_number(value: Any) -> Any:
     if isinstance(value, bool):  # pydantic reads true as 1
         raise ValueError("expected a whole number, not true or false")
+    if isinstance(value, str):  # pydantic reads '3' as 3, where a hyperparameter's '0.1' is refused
+        raise ValueError("expected a whole number, not text (write it without quotes)")
     return value
 
 
-#: A count in a file (epochs, trials, workers): a positive whole number, not ``true``.
-Count = Annotated[PositiveInt, BeforeValidator(_not_a_boolean)]
+#: A count in a file (epochs, trials, workers): a positive whole number, not ``true`` or ``'3'``.
+Count = Annotated[PositiveInt, BeforeValidator(_a_number)]
 
 #: Training hyperparameters: searched like a component's own, fixed to the default when omitted.
 TRAIN_PARAMS: dict[str, Param] = {

@@ -175,6 +175,8 @@ def test_a_study_name_is_a_plain_file_name(tmp_path):
     assert load_spec(write(tmp_path / "étude.yaml", "train: {epochs: 1}")).name == "etude"  # not "tude"
 
 
-def test_a_count_is_not_a_boolean(tmp_path):
+def test_a_count_is_not_a_boolean_or_text(tmp_path):
     err = error_of(tmp_path, "train: {epochs: true}")
     assert err.path == "train.epochs" and err.message == "expected a whole number, not true or false (got True)"
+    err = error_of(tmp_path, "search: {trials: '5'}")  # as a hyperparameter's '0.1' is refused
+    assert err.path == "search.trials" and err.message.startswith("expected a whole number, not text")
