@@ -70,8 +70,6 @@ def make_objective(
                 judged = reported = promote_late(trial, earlier) if prunable else 0
                 if not judged:
                     return _repeat(trial, earlier, finish)
-            elif prunable:
-                judged = judged_before_interruption(trial)
             trial.set_user_attr("config", dumped)
             notify(hook.autonorm_trial_started, study_name=spec.name, number=trial.number, config=dumped)
             torch.manual_seed(config.seed)
@@ -122,21 +120,10 @@ def make_objective(
 def record_interrupted(trial: optuna.Trial) -> None:
     """Record that ``trial`` was interrupted, and queue a copy of its parameters for the study's next
     trial to take (with ``retry_of``): resumed, the search runs the same configuration in the same
-    place (:func:`~autonorm.results.place`), and so with the same seed, as it would have uninterrupted."""
+    place (:func:`~autonorm.results.place`), and so with the same seed, as it would have uninterrupted
+    (the pruner no longer sees the interrupted trial: :class:`~autonorm.backends.optuna.WithoutReruns`)."""
     trial.set_user_attr("fail_reason", "interrupted")
     trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-
-
-def judged_before_interruption(trial: optuna.Trial) -> int:
-    """For a trial that runs an interrupted one again (``retry_of``, see :func:`record_interrupted`): the
-    epochs the pruner let the interrupted trial go on after. Those decisions stand, and the trial is
-    next judged after them: asked again, ASHA would count the interrupted trial's measurements at its
-    rungs twice, and the search would no longer prune as it would have uninterrupted."""
-    number = trial.user_attrs.get("retry_of")
-    if number is None:
-        return 0
-    interrupted = trial.study.get_trials(deepcopy=False)[number]  # a study's trials are numbered 0, 1, ...
-    return max(interrupted.intermediate_values, default=0)
 
 
 def notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:

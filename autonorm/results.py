@@ -108,6 +108,11 @@ def _run_again(reason: str | None) -> bool:
     return reason in (None, STOPPED) or reason.startswith("interrupted")
 
 
+def is_run_again(t: FrozenTrial) -> bool:
+    """A failed trial that is run again (interrupted, or its process stopped): it has no result of its own."""
+    return t.state == TrialState.FAIL and _run_again(t.user_attrs.get("fail_reason"))
+
+
 def place(study: optuna.Study, number: int) -> int:
     """Trial ``number``'s place in its search: its number, less the failed trials before it that were
     run again (interrupted, or whose process stopped). A search interrupted and resumed gives each
@@ -115,7 +120,7 @@ def place(study: optuna.Study, number: int) -> int:
     its sampler's seed (:class:`~autonorm.backends.optuna.PlaceSeeded`)."""
     # from the storage: the study a sampler is given may hold some trials only (Hyperband's brackets)
     failed = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.FAIL,))
-    return number - sum(t.number < number and _run_again(t.user_attrs.get("fail_reason")) for t in failed)
+    return number - sum(t.number < number and is_run_again(t) for t in failed)
 
 
 def _last(values: dict[int, float]) -> float | None:

@@ -13,6 +13,7 @@ from autonorm import display, load_spec
 from autonorm.backends.optuna import make_pruner, open_search_study
 from autonorm.data import load_data
 from autonorm.objective import make_objective
+from autonorm.results import is_run_again
 from autonorm.space import sample_config
 from tests.conftest import TINY_SPACE, write
 from tests.helpers import registry_with_test_components
@@ -99,9 +100,10 @@ def test_a_search_interrupted_and_resumed_runs_the_trials_it_would_have_run_unin
         (t.state, t.params, t.value, t.config.seed) for t in straight.trials
     ]
 
-    def rungs(name: str) -> list[float]:  # what ASHA compares at its rungs: the retry does not count twice
+    def rungs(name: str) -> list[float]:  # what ASHA compares at its rungs: the rerun's, not the interrupted one's
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{name}.db")
-        return sorted(v for t in study.trials for k, v in t.system_attrs.items() if k.startswith("completed_rung"))
+        seen = [t for t in study.trials if not is_run_again(t)]
+        return sorted(v for t in seen for k, v in t.system_attrs.items() if k.startswith("completed_rung"))
 
     assert rungs("resumed") == rungs("straight")
 
@@ -364,3 +366,26 @@ def test_trackers_see_each_trial_and_one_that_raises_harms_neither_trials_nor_ot
         ("started", 0), ("reported", 0, 0, True), ("finished", 0, "complete"),
         ("started", 1), ("reported", 1, 0, True), ("finished", 1, "complete"),
     ]  # fmt: skip
+
+
+def test_asha_does_not_rank_an_interrupted_trial_beside_its_rerun():
+    """ASHA ranks a trial among all trials at its rung, failed ones included: an interrupted trial's
+    measurement (0.95) would raise the bar for the others, and count again once its rerun reaches the rung."""
+    spec = load_spec({"name": "rung", "train": {"epochs": 3}, "search": {"pruner": "asha"}})
+    study = optuna.create_study(direction="maximize")
+    create = optuna.trial.create_trial
+    for value in (0.9, 0.1, 0.1, 0.1, 0.1):
+        study.add_trial(create(value=value, intermediate_values={1: value}, system_attrs={"completed_rung_0": value}))
+    study.add_trial(
+        create(
+            state=optuna.trial.TrialState.FAIL,
+            intermediate_values={1: 0.95},
+            system_attrs={"completed_rung_0": 0.95},
+            user_attrs={"fail_reason": "interrupted"},
+        )
+    )
+    trial = study.ask()
+    trial.report(0.85, 1)
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert make_pruner(spec).prune(study, frozen) is False  # second of 6: promoted
+    assert make_pruner(spec).pruner.prune(study, frozen) is True  # Optuna's own: third of 7, stopped

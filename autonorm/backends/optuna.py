@@ -21,7 +21,7 @@ from autonorm.errors import SpecError
 from autonorm.objective import make_objective
 from autonorm.params import FilePath, Fixed, Ordered
 from autonorm.registry import Registry
-from autonorm.results import StudyResults, TrialRecord, place, results_of
+from autonorm.results import StudyResults, TrialRecord, is_run_again, place, results_of
 from autonorm.space import searched_domains
 from autonorm.spec import Candidate, SearchSpec
 from autonorm.storage import has_heartbeats, mask_url, open_storage
@@ -112,9 +112,38 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     return {
         "none": optuna.pruners.NopPruner,
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=MEDIAN_WARMUP),
-        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(spec), reduction_factor=3),
+        "asha": lambda: WithoutReruns(
+            optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(spec), reduction_factor=3)
+        ),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
     }[spec.search.pruner]()
+
+
+class WithoutReruns(optuna.pruners.BasePruner):
+    """A pruner that does not see the failed trials that are run again (interrupted, or whose process
+    stopped). ASHA ranks a trial among every trial that reached its rung, failed ones included: an
+    interrupted trial's measurements would count again beside those of its rerun, and a resumed search
+    would prune otherwise than it would have uninterrupted. (The median pruner looks at completed
+    trials only; Hyperband judges within brackets it builds from the storage, and is left as it is.)"""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
+        self.pruner = pruner
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return self.pruner.prune(_Unretried(study), trial)
+
+
+class _Unretried:
+    """``study`` less its failed trials that are run again, as :class:`WithoutReruns` shows it."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Sequence[TrialState] | None = None) -> list:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if not is_run_again(t)]
 
 
 def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
