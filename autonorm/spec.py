@@ -42,7 +42,8 @@ def _a_number(value: Any) -> Any:
     if isinstance(value, bool):  # pydantic reads true as 1
         raise ValueError("expected a whole number, not true or false")
     if isinstance(value, str):  # pydantic reads '3' as 3, where a hyperparameter's '0.1' is refused
-        raise ValueError("expected a whole number, not text (write it without quotes)")
+        quoted = value.strip().isdigit()
+        raise ValueError("expected a whole number" + (", not text: write it without quotes" if quoted else ""))
     return value
 
 
