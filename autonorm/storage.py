@@ -93,10 +93,15 @@ def _open_journal(path: str, must_exist: bool) -> optuna.storages.BaseStorage:
         raise SpecError(f"cannot open journal {path!r}: {exc.strerror}", path="search.storage") from None
 
 
+def alone(url: str) -> bool:
+    """Whether one process at a time uses this storage (SQLite: see :func:`check_shareable`)."""
+    return _scheme(url) == "sqlite"
+
+
 def check_shareable(url: str, processes: int | None) -> None:
     """Refuse a storage that ``processes`` concurrent writers (None: a worker joining a study, with any
     number of others) would corrupt or lock up (SQLite)."""
-    if (processes is None or processes > 1) and _scheme(url) == "sqlite":
+    if (processes is None or processes > 1) and alone(url):
         sharers = "a study's worker processes" if processes is None else f"{processes} worker processes"
         raise SpecError(
             f"{mask_url(url)} cannot be shared by {sharers}: SQLite locks the whole file. "

@@ -389,3 +389,18 @@ def test_asha_does_not_rank_an_interrupted_trial_beside_its_rerun():
     frozen = study._storage.get_trial(trial._trial_id)
     assert make_pruner(spec).prune(study, frozen) is False  # second of 6: promoted
     assert make_pruner(spec).pruner.prune(study, frozen) is True  # Optuna's own: third of 7, stopped
+
+
+def test_a_trial_left_running_in_an_sqlite_study_is_rerun_in_its_place(tmp_path):
+    """Ctrl-C while Optuna asks the sampler (or a process killed within the heartbeats' grace period)
+    leaves a trial running that no heartbeat will ever find stale: one process at a time uses an SQLite
+    file, so the next search fails it and runs its place again, as it would have run uninterrupted."""
+    text = TINY_SPACE.replace("pruner: none", "pruner: asha") + "  sampler: random\n"
+    straight = autonorm.search(write(tmp_path / "straight.yaml", text.replace("tiny", "straight")), trials=4)
+    path = write(tmp_path / "stuck.yaml", text.replace("tiny", "stuck"))
+    autonorm.search(path, trials=2)
+    optuna.load_study(study_name="stuck", storage="sqlite:///stuck.db").ask()  # never told
+    resumed = autonorm.search(path, trials=4)
+    assert resumed.counts().endswith(", 0 failed, 1 interrupted")  # none running, none waiting
+    kept = [t for t in resumed.trials if t.counts_as_done]
+    assert [(t.state, t.params, t.value) for t in kept] == [(t.state, t.params, t.value) for t in straight.trials]

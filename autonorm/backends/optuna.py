@@ -24,7 +24,7 @@ from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, is_run_again, place, results_of
 from autonorm.space import searched_domains
 from autonorm.spec import Candidate, SearchSpec
-from autonorm.storage import has_heartbeats, mask_url, open_storage
+from autonorm.storage import alone, has_heartbeats, mask_url, open_storage
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -273,16 +273,19 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def fail_orphans(study: optuna.Study) -> None:
+def fail_orphans(study: optuna.Study, every: bool = False) -> None:
     """A storage without heartbeats (a journal file) never learns that a process died, and its trial would
     stay running, and taken, for good: a running trial whose process (:data:`WORKER_ATTR`) was one of
     this machine that no longer exists is marked failed (its reason: the process stopped) and a copy with
     its parameters is queued, as heartbeats would have it. Processes on other machines cannot be checked
-    from here."""
+    from here. With ``every``, every running trial is an orphan: so it is when a search starts on an
+    SQLite file, which one process uses at a time, where heartbeats find a killed process's trial only
+    after their grace period, and a trial stopped inside Optuna (Ctrl-C while it asks the sampler or
+    records the result) before it had a process recorded, never."""
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         where, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
-        if where != host or not pid.isdigit() or _alive(int(pid)):
+        if not every and (where != host or not pid.isdigit() or _alive(int(pid))):
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
@@ -309,8 +312,8 @@ def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callbac
     """Run the trials the study still lacks and return its results."""
     data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
     study = open_search_study(spec)
-    if not has_heartbeats(spec.storage):  # a search killed on a journal file left its trial running
-        fail_orphans(study)
+    if alone(spec.storage) or not has_heartbeats(spec.storage):  # a search killed or stopped left its trial running
+        fail_orphans(study, every=alone(spec.storage))
     missing = spec.search.trials - done_count(study)
     objective, me = make_objective(spec, data, registry), this_process()
 
