@@ -123,7 +123,21 @@ def record_interrupted(trial: optuna.Trial) -> None:
     place (:func:`~autonorm.results.place`), and so with the same seed, as it would have uninterrupted
     (the pruner no longer sees the interrupted trial: :class:`~autonorm.backends.optuna.WithoutReruns`)."""
     trial.set_user_attr("fail_reason", "interrupted")
-    trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+    queue_rerun(trial.study, trial.study._storage.get_trial(trial._trial_id))
+
+
+def queue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a copy of ``trial``'s parameters, which the study's next trial takes (with ``retry_of``),
+    and its genetic sampler's generation: NSGA-II counts a trial with fixed parameters in no
+    generation, and every later generation would shift."""
+    generation = {key: value for key, value in trial.system_attrs.items() if key.endswith(":generation")}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            system_attrs={"fixed_params": dict(trial.params), **generation},
+            user_attrs={"retry_of": trial.number},
+        )
+    )
 
 
 def notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:

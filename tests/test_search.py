@@ -404,3 +404,16 @@ def test_a_trial_left_running_in_an_sqlite_study_is_rerun_in_its_place(tmp_path)
     assert resumed.counts().endswith(", 0 failed, 1 interrupted")  # none running, none waiting
     kept = [t for t in resumed.trials if t.counts_as_done]
     assert [(t.state, t.params, t.value) for t in kept] == [(t.state, t.params, t.value) for t in straight.trials]
+
+
+def test_an_interrupted_nsga2_search_resumes_into_the_same_generations(tmp_path):
+    """NSGA-II counted the rerun (fixed parameters) in no generation, and every later one shifted."""
+    text = TINY_SPACE.replace("pruner: none", "sampler: nsga2\n  objective: [val_accuracy, params]")
+    straight = autonorm.search(write(tmp_path / "straight.yaml", text.replace("tiny", "straight")), trials=10)
+    registry = registry_with_test_components(interrupt_from=2)
+    spec = load_spec(write(tmp_path / "resumed.yaml", text.replace("tiny", "resumed")), registry)
+    with pytest.raises(KeyboardInterrupt):
+        autonorm.search(spec, registry=registry, trials=10)
+    resumed = autonorm.search(spec, registry=registry, trials=10)
+    kept = [t for t in resumed.trials if t.counts_as_done]
+    assert [(t.params, t.values) for t in kept] == [(t.params, t.values) for t in straight.trials]

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from autonorm.data import load_data
 from autonorm.errors import SpecError
-from autonorm.objective import make_objective
+from autonorm.objective import make_objective, queue_rerun
 from autonorm.params import FilePath, Fixed, Ordered
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, is_run_again, place, results_of
@@ -291,7 +291,7 @@ def fail_orphans(study: optuna.Study, every: bool = False) -> None:
             study.tell(t.number, state=TrialState.FAIL)
         except ValueError:  # another process got there first
             continue
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        queue_rerun(study, t)
 
 
 def _alive(pid: int) -> bool:
