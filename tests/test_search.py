@@ -79,19 +79,23 @@ def test_workers_sharing_a_study_propose_apart(tmp_path):
     assert first.suggest_float("lr", 1e-3, 1.0) != second.suggest_float("lr", 1e-3, 1.0)
 
 
+def straight_and_resumed(tmp_path, text: str, trials: int, interrupt_from: int) -> tuple:
+    """The results of the space ``text`` searched straight through, and searched again (another study)
+    with Ctrl-C in the first trial from ``interrupt_from`` on, then resumed."""
+    straight = autonorm.search(write(tmp_path / "straight.yaml", text.replace("tiny", "straight")), trials=trials)
+    registry = registry_with_test_components(interrupt_from=interrupt_from)
+    spec = load_spec(write(tmp_path / "resumed.yaml", text.replace("tiny", "resumed")), registry)
+    with pytest.raises(KeyboardInterrupt):
+        autonorm.search(spec, registry=registry, trials=trials)
+    return straight, autonorm.search(spec, registry=registry, trials=trials)
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_a_search_interrupted_and_resumed_runs_the_trials_it_would_have_run_uninterrupted(tmp_path, sampler):
     """The interrupted trial's configuration runs again, in its place, and every trial after it has the
     sampler's seed and training seed it would have had: the same configurations, the same accuracies."""
     text = TINY_SPACE.replace("pruner: none", "pruner: asha").replace("epochs: 2", "epochs: 3")
-    text += f"  sampler: {sampler}\n"
-    straight = autonorm.search(write(tmp_path / "straight.yaml", text.replace("tiny", "straight")), trials=7)
-
-    registry = registry_with_test_components(interrupt_from=3)
-    spec = load_spec(write(tmp_path / "resumed.yaml", text.replace("tiny", "resumed")), registry)
-    with pytest.raises(KeyboardInterrupt):
-        autonorm.search(spec, registry=registry, trials=7)
-    resumed = autonorm.search(spec, registry=registry, trials=7)
+    straight, resumed = straight_and_resumed(tmp_path, text + f"  sampler: {sampler}\n", 7, interrupt_from=3)
 
     (interrupted,) = [t for t in resumed.trials if not t.counts_as_done]
     assert interrupted.reason == "interrupted" and interrupted.number >= 3
@@ -409,11 +413,6 @@ def test_a_trial_left_running_in_an_sqlite_study_is_rerun_in_its_place(tmp_path)
 def test_an_interrupted_nsga2_search_resumes_into_the_same_generations(tmp_path):
     """NSGA-II counted the rerun (fixed parameters) in no generation, and every later one shifted."""
     text = TINY_SPACE.replace("pruner: none", "sampler: nsga2\n  objective: [val_accuracy, params]")
-    straight = autonorm.search(write(tmp_path / "straight.yaml", text.replace("tiny", "straight")), trials=10)
-    registry = registry_with_test_components(interrupt_from=2)
-    spec = load_spec(write(tmp_path / "resumed.yaml", text.replace("tiny", "resumed")), registry)
-    with pytest.raises(KeyboardInterrupt):
-        autonorm.search(spec, registry=registry, trials=10)
-    resumed = autonorm.search(spec, registry=registry, trials=10)
+    straight, resumed = straight_and_resumed(tmp_path, text, 10, interrupt_from=2)
     kept = [t for t in resumed.trials if t.counts_as_done]
     assert [(t.params, t.values) for t in kept] == [(t.params, t.values) for t in straight.trials]
