@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from autonorm import __version__, display
 from autonorm.api import search
-from autonorm.backends.optuna import done_count, open_search_study
+from autonorm.backends.optuna import open_search_study
 from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
 from autonorm.comparison import Comparison, compare, is_protocol, load_comparison, load_protocol
 from autonorm.errors import SpecError, output_file
@@ -55,11 +55,12 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
     try:
         if spec.search.backend == "optuna":
             check_shareable(spec.storage, spec.search.workers)
-        already = done_count(open_search_study(spec))
+        earlier = [TrialRecord.from_frozen(t) for t in open_search_study(spec).get_trials(deepcopy=False)]
     except SpecError as exc:  # the storage: name where it was given, the command line or the file
         if exc.path == "search.storage" and not exc.file:
             exc.path, exc.file = ("--storage", None) if args.storage else (exc.path, spec.source)
         raise
+    already = sum(r.counts_as_done for r in earlier)
     if already:
         console.print(f"resuming study {spec.name}: {already} of {spec.search.trials} trials already done")
     device = spec.train_options.get("device", "auto")
@@ -85,7 +86,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         with guard:
             results = search(spec, registry=registry, callbacks=stop)
     else:
-        with guard, display.SearchProgress(spec, already, console) as progress:
+        with guard, display.SearchProgress(spec, earlier, console) as progress:
             results = search(spec, registry=registry, callbacks=[progress.callback, *stop])
     _print_results(results, args.top, console)
     console.print(display.best_panel(results.best, results.objective))

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from typing import IO, Any
 
 import optuna
@@ -178,11 +179,15 @@ def summary(results: StudyResults) -> str:
 class SearchProgress:
     """A live progress bar over the trials of one search; use its :meth:`callback` with Optuna."""
 
-    def __init__(self, spec: SearchSpec, already_done: int, console: Console) -> None:
+    def __init__(self, spec: SearchSpec, earlier: Sequence[TrialRecord], console: Console) -> None:
+        """``earlier``: the trials the study already holds (a resumed search counts from them)."""
         self.spec = spec
         self.console = console
         self.counts = {"complete": 0, "pruned": 0, "failed": 0}
         self.best: float | None = None
+        for record in earlier:
+            self._count(record)
+        already_done = sum(record.counts_as_done for record in earlier)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -205,15 +210,18 @@ class SearchProgress:
         if not self.console.is_terminal:  # rich leaves the last frame without its line end off a terminal
             self.console.line()
 
-    def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        record = TrialRecord.from_frozen(trial)
-        if record.state in self.counts:
+    def _count(self, record: TrialRecord) -> None:
+        if record.counts_as_done and record.state in self.counts:
             self.counts[record.state] += 1
         if record.state == "complete" and record.value is not None:
             better = self.best is None or (
                 record.value > self.best if self.spec.search.direction == "maximize" else record.value < self.best
             )
             self.best = record.value if better else self.best
+
+    def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        record = TrialRecord.from_frozen(trial)
+        self._count(record)
         status = " ".join(f"{n} {s}" for s, n in self.counts.items())
         best = f" best {self.spec.search.objectives[0]}={self.best:.4g}" if self.best is not None else ""
         if self.spec.search.multi_objective and self.best is not None:

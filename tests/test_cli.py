@@ -91,6 +91,7 @@ def test_search_resume_results_best(tmp_path, cli):
     assert "3 complete" in out and "best configuration" in out and "val_accuracy" in out
     out, _ = cli("search", str(space), "--trials", "4")
     assert "resuming study tiny: 3 of 4 trials already done" in out and "4 complete" in out
+    assert "4/4 4 complete 0 pruned 0 failed best" in out  # the live line counts the earlier trials too
     assert "\nstudy tiny in sqlite:///tiny.db: 4 trials" in out  # the progress display ends its line
     board, _ = cli("results", "tiny")
     assert "top 10 by val_accuracy" in board and board.count("complete") >= 4

@@ -381,7 +381,7 @@ def test_live_progress_shows_counts_best_and_times(tmp_path):
     spec = autonorm.load_spec(write(tmp_path / "tiny.yaml", TINY_SPACE))
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=160, color_system=None)
-    with display.SearchProgress(spec, 0, console) as progress:
+    with display.SearchProgress(spec, [], console) as progress:
         results = autonorm.search(spec, callbacks=[progress.callback])
     final = [line for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).splitlines() if line][-1]
     best = max(t.value for t in results.trials)
@@ -401,7 +401,7 @@ def test_live_progress_counts_the_pareto_front_as_the_leaderboard_does(tmp_path)
     for values, attrs in (((0.9, 2.0), {}), ((0.8, 1.0), {}), ((0.8, 1.0), {"repeat_of": 1})):
         study.add_trial(optuna.trial.create_trial(values=list(values), user_attrs=attrs))
     screen = io.StringIO()
-    with display.SearchProgress(spec, 0, Console(file=screen, width=160, color_system=None)) as progress:
+    with display.SearchProgress(spec, [], Console(file=screen, width=160, color_system=None)) as progress:
         progress.callback(study, study.trials[-1])
     assert "Pareto front 2 trials" in screen.getvalue()
 
