@@ -78,7 +78,7 @@ class TrialRecord:
             value=value if value is not None and math.isfinite(value) else None,
             config=TrialConfig.model_validate(config) if config else None,
             metrics={k: t.user_attrs[k] for k in METRIC_KEYS if k in t.user_attrs},
-            reason=t.user_attrs.get("fail_reason", STOPPED if t.state == TrialState.FAIL else None),
+            reason=t.user_attrs.get("fail_reason", _default_reason(t)),
             params=dict(t.params),
             values=values,
             repeat_of=t.user_attrs.get("repeat_of"),
@@ -101,6 +101,16 @@ class TrialRecord:
         """Finished for good: completed, pruned, or failed for a recorded reason other than an interruption
         (a trial whose process stopped is retried, as an interrupted one is)."""
         return self.state in ("complete", "pruned") or (self.state == "failed" and not _run_again(self.reason))
+
+
+def _default_reason(t: FrozenTrial) -> str | None:
+    """The reason of a trial that recorded none: a failed one's process stopped; a waiting one may be
+    the rerun of an interrupted trial."""
+    if t.state == TrialState.FAIL:
+        return STOPPED
+    if t.state == TrialState.WAITING and "retry_of" in t.user_attrs:
+        return f"queued to run trial {t.user_attrs['retry_of']}'s configuration again"
+    return None
 
 
 def _run_again(reason: str | None) -> bool:

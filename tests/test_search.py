@@ -205,7 +205,7 @@ def test_interrupted_trial_is_recorded_and_rerun_on_resume():
         autonorm.search(load_spec(space, registry), registry=registry)
     trial, retry = autonorm.load_study("ctrl_c").trials  # its parameters wait to be run again
     assert trial.state == "failed" and trial.reason == "interrupted" and not trial.counts_as_done
-    assert retry.state == "waiting"
+    assert retry.state == "waiting" and retry.reason == "queued to run trial 0's configuration again"
     space["space"]["activation"] = ["relu"]
     resumed = autonorm.search(load_spec(space, registry), registry=registry)
     assert [t.state for t in resumed.trials] == ["failed", "complete", "complete"]
