@@ -39,7 +39,7 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
-from autonorm.spec import PROTOCOL_KEYS, SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec
+from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec, protocol_keys
 from autonorm.trainer import fit
 from autonorm.yamlfile import read_yaml
 
@@ -214,7 +214,7 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
     try:
         proto = _Protocol.model_validate(raw if isinstance(raw, dict) else {})
     except ValidationError as exc:
-        if file and isinstance(raw, dict) and not any(key in raw for key in PROTOCOL_KEYS):
+        if file and isinstance(raw, dict) and not protocol_keys(raw):
             raise SpecError(
                 f"a search space, not a comparison protocol (it has no kind or tasks): run `autonorm search {file}`",
                 file=file,
@@ -447,4 +447,4 @@ def is_protocol(path: str | os.PathLike) -> bool:
         raw, _ = read_yaml(path, "file")
     except SpecError:
         return False
-    return isinstance(raw, dict) and any(key in raw for key in PROTOCOL_KEYS)
+    return bool(protocol_keys(raw))

@@ -28,7 +28,7 @@ from autonorm.config import TrialConfig
 from autonorm.data import Data, load_data
 from autonorm.errors import Incompatible, SpecError, TrialFailed
 from autonorm.params import DomainError
-from autonorm.registry import METHOD_KINDS, Registry, get_registry, unknown_name_message
+from autonorm.registry import METHOD_KINDS, Registry, get_registry
 from autonorm.space import check_compatible
 from autonorm.spec import TRAIN_PARAMS
 from autonorm.trainer import fit
@@ -79,9 +79,10 @@ def train(
 
 
 def _train(config: TrialConfig, out: Path, registry: Registry) -> TrainedModel:
-    if ("dataset", config.dataset.name) not in registry:
-        message = unknown_name_message("dataset", config.dataset.name, registry.names("dataset"))
-        raise SpecError(message + registry.failure_note(), path="dataset.name")
+    try:  # a search's space names a known dataset; a hand-edited configuration may not
+        registry.get("dataset", config.dataset.name)
+    except KeyError as exc:
+        raise SpecError(exc.args[0], path="dataset.name") from None
     data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed, registry)
     if len(data.x_test) == 0:
         raise SpecError("no test split to score the final model on: use test_fraction > 0", path="data.test_fraction")

@@ -264,6 +264,11 @@ class SearchSpec:
 PROTOCOL_KEYS = ("kind", "candidates", "baseline", "tasks", "tune", "seeds")
 
 
+def protocol_keys(raw: Any) -> list[str]:
+    """The keys only a comparison protocol has that the file's top-level mapping ``raw`` holds."""
+    return [key for key in PROTOCOL_KEYS if key in raw] if isinstance(raw, dict) else []
+
+
 def load_spec(
     source: str | os.PathLike | Mapping[str, Any], registry: Registry | None = None, folder: Path | None = None
 ) -> SearchSpec:
@@ -297,7 +302,7 @@ class _Parser:
         try:
             file = _File.model_validate(raw)
         except ValidationError as exc:
-            given = [key for key in PROTOCOL_KEYS if key in raw]
+            given = protocol_keys(raw)
             if self.file and given:
                 raise SpecError(
                     f"a comparison protocol, not a search space (it has {', '.join(given)}): "

@@ -312,8 +312,9 @@ def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callbac
     """Run the trials the study still lacks and return its results."""
     data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
     study = open_search_study(spec)
-    if alone(spec.storage) or not has_heartbeats(spec.storage):  # a search killed or stopped left its trial running
-        fail_orphans(study, every=alone(spec.storage))
+    sole = alone(spec.storage)
+    if sole or not has_heartbeats(spec.storage):  # a search killed or stopped left its trial running
+        fail_orphans(study, every=sole)
     missing = spec.search.trials - done_count(study)
     objective, me = make_objective(spec, data, registry), this_process()
 
