@@ -9,7 +9,6 @@ from typing import Any
 from autonorm.backends import run_optuna
 from autonorm.backends.optuna import Callback
 from autonorm.backends.workers import run_workers
-from autonorm.errors import SpecError
 from autonorm.registry import Registry, get_registry
 from autonorm.results import StudyResults
 from autonorm.spec import SearchSpec, load_spec
@@ -37,15 +36,10 @@ def search(
     registry = registry or get_registry()
     spec = source if isinstance(source, SearchSpec) else load_spec(source, registry)
     spec.override(trials=trials, storage=storage, workers=workers)
-    try:
-        if spec.search.backend == "ray":
-            from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it
+    if spec.search.backend == "ray":
+        from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it
 
-            return run_ray(spec, registry, callbacks)
-        if spec.search.workers > 1:
-            return run_workers(spec, spec.search.workers, callbacks)
-        return run_optuna(spec, registry, callbacks)
-    except SpecError as exc:  # the data a space file names (a missing npz): name the file too
-        if (exc.path or "").startswith("data.") and not exc.file:
-            exc.file = spec.source
-        raise
+        return run_ray(spec, registry, callbacks)
+    if spec.search.workers > 1:
+        return run_workers(spec, spec.search.workers, callbacks)
+    return run_optuna(spec, registry, callbacks)

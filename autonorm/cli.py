@@ -52,6 +52,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         exc.path = "--" + (exc.path or "").removeprefix("search.")
         raise
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    spec.load_data(registry)  # a missing or bad data file stops the search before it opens its study
     try:
         if spec.search.backend == "optuna":
             check_shareable(spec.storage, spec.search.workers)

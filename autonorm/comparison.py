@@ -39,7 +39,7 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
-from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec, protocol_keys
+from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec, placed, protocol_keys
 from autonorm.trainer import fit
 from autonorm.yamlfile import read_yaml
 
@@ -284,10 +284,29 @@ def _protocol_path(path: str | None, task: int, proto: _Protocol) -> tuple:
 # ---------------------------------------------------------------- running
 
 
+def check_tasks(
+    source: str | os.PathLike | Mapping[str, Any],
+    proto: _Protocol,
+    specs: Mapping[tuple[str, str], SearchSpec | SpecError],
+    registry: Registry,
+) -> None:
+    """Load every task's data before anything trains, so that a missing file or a task without a test
+    split stops the comparison at once with an error placed in the protocol, not after hours of tuning."""
+    file = None if isinstance(source, Mapping) else source
+    for i, task in enumerate(proto.tasks):
+        spec = next((s for (t, _), s in specs.items() if t == task.name and isinstance(s, SearchSpec)), None)
+        if spec is None:  # no candidate can run on it: its cells say why
+            continue
+        try:
+            if len(spec.load_data(registry).x_test) == 0:
+                message = "the comparison scores on a test split: give the task test_fraction > 0"
+                raise SpecError(message, path="data.test_fraction")
+        except SpecError as exc:
+            raise placed(exc, file, ("tasks", i)) from None
+
+
 def _retrain(spec: SearchSpec, config, seed: int, registry: Registry) -> dict[str, float]:
     data = load_data(config.dataset, config.val_fraction, config.test_fraction, spec.search.seed, registry)
-    if len(data.x_test) == 0:
-        raise SpecError("the comparison scores on a test split: give the task test_fraction > 0", path="tasks.data")
     torch.manual_seed(seed)
     model = build_model(config, data.x_train[: int(config.train["batch_size"])], registry)
     result = fit(
@@ -381,6 +400,7 @@ def compare(
     registry = registry or get_registry()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     proto, specs = load_protocol(source, registry)
+    check_tasks(source, proto, specs, registry)
 
     def pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
         tags = {"comparison": proto.name, "kind": proto.kind, "task": task, "candidate": cand}

@@ -231,15 +231,20 @@ class StudyResults:
 
     def counts(self) -> str:
         """Trials by state, as in ``5 complete, 10 pruned (3 diverged, 1 incompatible), 1 failed``, then
-        those interrupted (or whose process stopped: they are retried), running and waiting, if any."""
+        those interrupted, those whose process stopped (both are run again), running and waiting, if any."""
         why = Counter(t.reason.partition(":")[0] for t in self.trials if t.rejected)
         pruned = f"{self.count('pruned')} pruned"
         if why:
             pruned += " (" + ", ".join(f"{n} {reason}" for reason, n in sorted(why.items())) + ")"
-        failed = [t for t in self.trials if t.state == "failed"]
-        retried = sum(not t.counts_as_done for t in failed)
-        parts = [f"{self.count('complete')} complete", pruned, f"{len(failed) - retried} failed"]
-        extra = {"interrupted": retried, "running": self.count("running"), "waiting": self.count("waiting")}
+        retried = [t for t in self.trials if t.state == "failed" and not t.counts_as_done]
+        stopped = sum(t.reason in (None, STOPPED) for t in retried)
+        parts = [f"{self.count('complete')} complete", pruned, f"{self.count('failed') - len(retried)} failed"]
+        extra = {
+            "interrupted": len(retried) - stopped,
+            "stopped": stopped,
+            "running": self.count("running"),
+            "waiting": self.count("waiting"),
+        }
         return ", ".join(parts + [f"{n} {what}" for what, n in extra.items() if n])
 
 

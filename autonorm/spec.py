@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from autonorm.config import ComponentChoice
+from autonorm.data import Data, load_data
 from autonorm.errors import SpecError, first_problem
 from autonorm.params import Categorical, Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
@@ -244,6 +245,14 @@ class SearchSpec:
         """The storage URL; by default an SQLite file named after the space, in the working directory."""
         return self.search.storage or f"sqlite:///{self.name}.db"
 
+    def load_data(self, registry: Registry) -> Data:
+        """The data its trials train on (loaded once per process); a problem with it is an error placed in
+        the space file (``space.yaml:2:9: data.path (...): no such file``)."""
+        try:
+            return load_data(self.dataset_choice, self.val_fraction, self.test_fraction, self.search.seed, registry)
+        except SpecError as exc:
+            raise placed(exc, self.source) from None
+
     def override(self, **settings: Any) -> None:
         """Replace ``search`` settings (``trials``, ``storage``, ``workers``: from the command line or a
         call), validated like the file's; None leaves one as it is."""
@@ -439,6 +448,22 @@ class _Parser:
                         raise self.error(
                             path, f"{cand.name} cannot be combined with {ekind} {ename!r}, the only {ekind} offered"
                         )
+
+
+def placed(exc: SpecError, file: str | os.PathLike | None, under: tuple = ()) -> SpecError:
+    """``exc``, about a key of data read from ``file`` (under the key path ``under``), with that file,
+    line and column. A key's path may end in what it named: ``data.path (my.npz)``."""
+    if exc.file is not None or file is None:
+        return exc
+    keys = tuple(int(k) if k.isdigit() else k for k in (exc.path or "").split(" (")[0].split(".") if k)
+    try:
+        _, tree = read_yaml(file, "file")
+    except SpecError:
+        tree = None
+    exc.file = str(file)
+    exc.line, exc.column = _locate(tree, (*under, *keys)) if keys else (None, None)
+    exc.path = ".".join(str(k) for k in (*under, exc.path or "") if k != "") or None
+    return exc
 
 
 def _locate(node: yaml.Node | None, path: tuple) -> tuple[int | None, int | None]:

@@ -111,7 +111,29 @@ def test_a_missing_data_file_is_named_with_the_space_file_that_names_it(tmp_path
     space = write(tmp_path / "space.yaml", GOOD + "data: {dataset: npz, path: missing.npz}\n")
     assert main(["search", str(space), "-q"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert err == f"error: {space}: data.path ({tmp_path / 'missing.npz'}): no such file", err
+    assert err == f"error: {space}:5:22: data.path ({tmp_path / 'missing.npz'}): no such file", err
+    assert not (tmp_path / "intact.db").exists()  # stopped before it opened the study
+
+
+def test_a_comparison_checks_every_tasks_data_before_it_trains_anything(tmp_path, capsys):
+    """A missing file in the last task, or a task without a test split, stops the comparison at once,
+    placed in the protocol, and leaves no pair database behind."""
+    head = "name: c\nkind: normalization\ncandidates: [batchnorm]\nmodel: {backbone: small_cnn, depth: 1, width: 4}\n"
+    for tasks, message in [
+        (
+            "tasks:\n  - {name: d, data: {dataset: digits}}\n  - {name: own, data: {dataset: npz, path: gone.npz}}\n",
+            f"p.yaml:7:38: tasks.1.data.path ({tmp_path / 'gone.npz'}): no such file",
+        ),
+        (
+            "tasks: [{name: d, data: {dataset: digits, test_fraction: 0}}]\n",
+            "p.yaml:5:43: tasks.0.data.test_fraction: the comparison scores on a test split",
+        ),
+    ]:
+        protocol = write(tmp_path / "p.yaml", head + tasks)
+        assert main(["compare", str(protocol), "-q"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err and "Traceback" not in err, err
+        assert not list(tmp_path.glob("*.db"))
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def test_on_a_journal_file_a_killed_processs_trial_is_failed_and_retried(tmp_pat
     assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
     assert TrialRecord.from_frozen(trials[orphan.number]).reason == STOPPED
     assert sum(TrialRecord.from_frozen(t).counts_as_done for t in trials) == 3 and len(trials) == 4
-    assert autonorm.load_study("k", url).counts() == "3 complete, 0 pruned, 0 failed, 1 interrupted"
+    assert autonorm.load_study("k", url).counts() == "3 complete, 0 pruned, 0 failed, 1 stopped"
     (rerun,) = [t for t in trials if t.user_attrs.get("retry_of") == orphan.number]  # its configuration, again
     assert rerun.params["normalization"] == trials[orphan.number].params["normalization"]
 

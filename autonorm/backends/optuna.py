@@ -16,7 +16,6 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from autonorm.data import load_data
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective, queue_rerun
 from autonorm.params import FilePath, Fixed, Ordered
@@ -310,7 +309,7 @@ def done_count(study: optuna.Study) -> int:
 
 def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] = ()) -> StudyResults:
     """Run the trials the study still lacks and return its results."""
-    data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
+    data = spec.load_data(registry)
     study = open_search_study(spec)
     sole = alone(spec.storage)
     if sole or not has_heartbeats(spec.storage):  # a search killed or stopped left its trial running

@@ -47,7 +47,7 @@ from autonorm.backends.optuna import (
     first_rung,
     open_search_study,
 )
-from autonorm.data import Data, load_data
+from autonorm.data import Data
 from autonorm.errors import TrialFailed
 from autonorm.objective import copy_outcome, earlier_trial, make_objective, record_interrupted
 from autonorm.registry import Registry
@@ -68,7 +68,7 @@ RAY_ERROR = "the Ray trial raised; see Ray's logs"
 
 def run_ray(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] = ()) -> StudyResults:
     """Run the trials the spec's study still lacks as Ray Tune trials and return the study's results."""
-    data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
+    data = spec.load_data(registry)
     study = open_search_study(spec)
     missing = spec.search.trials - done_count(study)
     if missing <= 0:

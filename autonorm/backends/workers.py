@@ -25,7 +25,6 @@ import optuna
 from optuna.trial import TrialState
 
 from autonorm.backends.optuna import WORKER_ATTR, Callback, fail_orphans, open_search_study, this_process
-from autonorm.data import load_data
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective, record_interrupted
 from autonorm.registry import Registry
@@ -60,7 +59,7 @@ def run_worker(
     spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] = (), poll: float = 1.0
 ) -> StudyResults:
     """Run trials of the spec's study until it holds ``spec.search.trials`` finished ones, with other workers."""
-    data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction, spec.search.seed, registry)
+    data = spec.load_data(registry)
     study = open_search_study(spec, worker=True)
     objective = make_objective(spec, data, registry)
     target = spec.search.trials
