@@ -121,7 +121,7 @@ def record_interrupted(trial: optuna.Trial) -> None:
     """Record that ``trial`` was interrupted, and queue a copy of its parameters for the study's next
     trial to take (with ``retry_of``): resumed, the search runs the same configuration in the same
     place (:func:`~autonorm.results.place`), and so with the same seed, as it would have uninterrupted
-    (the pruner no longer sees the interrupted trial: :class:`~autonorm.backends.optuna.WithoutReruns`)."""
+    (the pruner no longer sees the interrupted trial: :class:`~autonorm.backends.optuna.OncePerConfiguration`)."""
     trial.set_user_attr("fail_reason", "interrupted")
     queue_rerun(trial.study, trial.study._storage.get_trial(trial._trial_id))
 
@@ -153,10 +153,12 @@ def notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:
 
 
 def earlier_trial(trial: optuna.Trial, spec: SearchSpec, config: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
-    """A finished trial of the same study that chose exactly the same parameters and trained exactly
-    the same resolved ``config`` (all but its seed: the same epochs, data, model and fixed settings,
-    which a resumed space file may have changed), whose outcome ``trial`` reuses; None if there is
-    none or ``search.retrain_repeats`` asks to train it again.
+    """The latest finished trial of the same study that chose exactly the same parameters and trained
+    exactly the same resolved ``config`` (all but its seed: the same epochs, data, model and fixed
+    settings, which a resumed space file may have changed), whose outcome ``trial`` reuses; None if
+    there is none or ``search.retrain_repeats`` asks to train it again. Repeats are passed over: the
+    trial they copied speaks for them, and a configuration promoted late speaks through its latest
+    training, not the one the pruner stopped.
 
     A trial replayed away from its study (a Ray actor's ``FixedTrial``) has none to look in.
     """
@@ -165,8 +167,9 @@ def earlier_trial(trial: optuna.Trial, spec: SearchSpec, config: dict[str, Any])
         return None
     setup = _without_seed(config)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    for earlier in study.get_trials(deepcopy=False, states=states):
-        if earlier.number != trial.number and earlier.params == trial.params:
+    for earlier in reversed(study.get_trials(deepcopy=False, states=states)):
+        trained = "repeat_of" not in earlier.user_attrs
+        if trained and earlier.number != trial.number and earlier.params == trial.params:
             if _without_seed(earlier.user_attrs.get("config")) == setup:
                 return earlier
     return None
@@ -200,6 +203,7 @@ def promote_late(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> int:
     stopped = earlier.state == optuna.trial.TrialState.PRUNED and "fail_reason" not in earlier.user_attrs
     if not stopped or not earlier.intermediate_values:
         return 0
+    trial.set_user_attr("rejudges", earlier.number)  # the pruner no longer counts the earlier trial's values
     for step, value in sorted(earlier.intermediate_values.items()):
         trial.report(value, step)
     if trial.should_prune():
@@ -211,6 +215,6 @@ def promote_late(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> int:
 def copy_outcome(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
     """Give ``trial`` the recorded outcome of ``earlier`` (metrics, history, configuration), and ``repeat_of``."""
     for key, value in earlier.user_attrs.items():
-        if key not in ("worker", "ray_node", "retry_of"):  # about this trial, not the earlier one
+        if key not in ("worker", "ray_node", "retry_of", "rejudges", "promoted_from"):  # about that trial only
             trial.set_user_attr(key, value)
     trial.set_user_attr("repeat_of", earlier.number)

@@ -115,6 +115,7 @@ def epochs_to_target(
         earlier = earlier_trial(trial, spec, dumped)
         judged = promote_late(trial, earlier) if earlier is not None else 0
         if earlier is not None and not judged:
+            trial.set_user_attr("repeat_of", earlier.number)
             if earlier.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned()
             return earlier.value

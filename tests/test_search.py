@@ -283,6 +283,11 @@ def test_a_pruned_configuration_proposed_again_trains_if_the_pruner_would_now_le
     if trains:
         assert again.state == optuna.trial.TrialState.COMPLETE and again.user_attrs["promoted_from"] == 0
         assert "repeat_of" not in again.user_attrs and len(again.user_attrs["history"]) == 4
+        study.enqueue_trial({"normalization": "batchnorm"})  # its latest training speaks for it now
+        study.optimize(make_objective(spec, data, registry), n_trials=1)
+        third = study.trials[-1]
+        assert third.user_attrs["repeat_of"] == again.number and third.value == again.value
+        assert "promoted_from" not in third.user_attrs and "rejudges" not in third.user_attrs
     else:
         assert again.state == optuna.trial.TrialState.PRUNED and again.user_attrs["repeat_of"] == 0
         assert "promoted_from" not in again.user_attrs and "history" not in again.user_attrs
@@ -372,26 +377,30 @@ def test_trackers_see_each_trial_and_one_that_raises_harms_neither_trials_nor_ot
     ]  # fmt: skip
 
 
-def test_asha_does_not_rank_an_interrupted_trial_beside_its_rerun():
-    """ASHA ranks a trial among all trials at its rung, failed ones included: an interrupted trial's
-    measurement (0.95) would raise the bar for the others, and count again once its rerun reaches the rung."""
+@pytest.mark.parametrize(
+    "hidden, state, attrs",
+    [
+        ("an interrupted trial, beside its rerun", optuna.trial.TrialState.FAIL, {"fail_reason": "interrupted"}),
+        ("a repeat, beside the trial it copies", optuna.trial.TrialState.PRUNED, {"repeat_of": 0}),
+        ("a stopped trial, beside the trial judging it again", optuna.trial.TrialState.PRUNED, {}),
+    ],
+)
+def test_asha_sees_each_configuration_once(hidden, state, attrs):
+    """ASHA ranks a trial among all trials at its rung, failed and pruned ones included: a second copy of
+    a configuration's measurement (0.95) raises the bar for the others (third of 7 instead of second of 6)."""
     spec = load_spec({"name": "rung", "train": {"epochs": 3}, "search": {"pruner": "asha"}})
     study = optuna.create_study(direction="maximize")
     create = optuna.trial.create_trial
     for value in (0.9, 0.1, 0.1, 0.1, 0.1):
         study.add_trial(create(value=value, intermediate_values={1: value}, system_attrs={"completed_rung_0": value}))
-    study.add_trial(
-        create(
-            state=optuna.trial.TrialState.FAIL,
-            intermediate_values={1: 0.95},
-            system_attrs={"completed_rung_0": 0.95},
-            user_attrs={"fail_reason": "interrupted"},
-        )
-    )
+    rung = {"intermediate_values": {1: 0.95}, "system_attrs": {"completed_rung_0": 0.95}}
+    study.add_trial(create(state=state, user_attrs=attrs, **rung))
     trial = study.ask()
+    if not attrs:
+        trial.set_user_attr("rejudges", 5)
     trial.report(0.85, 1)
     frozen = study._storage.get_trial(trial._trial_id)
-    assert make_pruner(spec).prune(study, frozen) is False  # second of 6: promoted
+    assert make_pruner(spec).prune(study, frozen) is False, hidden  # second of 6: promoted
     assert make_pruner(spec).pruner.prune(study, frozen) is True  # Optuna's own: third of 7, stopped
 
 
@@ -405,7 +414,7 @@ def test_a_trial_left_running_in_an_sqlite_study_is_rerun_in_its_place(tmp_path)
     autonorm.search(path, trials=2)
     optuna.load_study(study_name="stuck", storage="sqlite:///stuck.db").ask()  # never told
     resumed = autonorm.search(path, trials=4)
-    assert resumed.counts().endswith(", 0 failed, 1 interrupted")  # none running, none waiting
+    assert resumed.counts().endswith(", 0 failed, 1 stopped")  # none running, none waiting
     kept = [t for t in resumed.trials if t.counts_as_done]
     assert [(t.state, t.params, t.value) for t in kept] == [(t.state, t.params, t.value) for t in straight.trials]
 

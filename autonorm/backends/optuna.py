@@ -111,29 +111,37 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     return {
         "none": optuna.pruners.NopPruner,
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=MEDIAN_WARMUP),
-        "asha": lambda: WithoutReruns(
+        "asha": lambda: OncePerConfiguration(
             optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung(spec), reduction_factor=3)
         ),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
     }[spec.search.pruner]()
 
 
-class WithoutReruns(optuna.pruners.BasePruner):
-    """A pruner that does not see the failed trials that are run again (interrupted, or whose process
-    stopped). ASHA ranks a trial among every trial that reached its rung, failed ones included: an
-    interrupted trial's measurements would count again beside those of its rerun, and a resumed search
-    would prune otherwise than it would have uninterrupted. (The median pruner looks at completed
-    trials only; Hyperband judges within brackets it builds from the storage, and is left as it is.)"""
+class OncePerConfiguration(optuna.pruners.BasePruner):
+    """A pruner that sees each configuration once, in the latest trial that trained it. ASHA ranks a trial
+    among every trial that reached its rung, failed and pruned ones included, and three kinds of trial
+    would count a configuration's measurements twice there:
+
+    - a failed trial that is run again (interrupted, or whose process stopped), beside its rerun: a
+      resumed search would then prune otherwise than it would have uninterrupted;
+    - a repeat that took an earlier trial's outcome (``repeat_of``), beside that trial: every proposal of
+      a stopped configuration would add its values to the rung again;
+    - a stopped trial that a later one judges again (``rejudges``: :func:`~autonorm.objective.promote_late`)
+      and, if promoted, trains again: the later trial carries the configuration's measurements.
+
+    (The median pruner looks at completed trials only; Hyperband judges within brackets it builds from the
+    storage, and is left as it is.)"""
 
     def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
         self.pruner = pruner
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        return self.pruner.prune(_Unretried(study), trial)
+        return self.pruner.prune(_Distinct(study), trial)
 
 
-class _Unretried:
-    """``study`` less its failed trials that are run again, as :class:`WithoutReruns` shows it."""
+class _Distinct:
+    """``study`` with each configuration once, as :class:`OncePerConfiguration` shows it."""
 
     def __init__(self, study: optuna.Study) -> None:
         self._study = study
@@ -142,7 +150,14 @@ class _Unretried:
         return getattr(self._study, name)
 
     def get_trials(self, deepcopy: bool = True, states: Sequence[TrialState] | None = None) -> list:
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if not is_run_again(t)]
+        kept = [
+            t
+            for t in self._study.get_trials(deepcopy=False)
+            if not is_run_again(t) and "repeat_of" not in t.user_attrs
+        ]
+        superseded = {t.user_attrs["rejudges"] for t in kept if "rejudges" in t.user_attrs}
+        numbers = {t.number for t in kept} - superseded
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.number in numbers]
 
 
 def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
