@@ -32,7 +32,7 @@ from torch import nn
 
 from autonorm.config import TrialConfig
 from autonorm.errors import SpecError
-from autonorm.registry import Registry, get_registry
+from autonorm.registry import Component, Registry, get_registry
 from autonorm.routing import mark_batch_dependent
 from autonorm.training_method import TrainingMethod
 
@@ -102,9 +102,54 @@ def conv_factory(conv1d: type[nn.Conv1d], conv2d: type[nn.Conv2d]) -> Callable[.
     return conv
 
 
+#: The output shape a module of each kind promises for an input of ``shape``, given its component and
+#: the arguments its factory was called with (the table above).
+_PROMISES: dict[str, Callable[[tuple[int, ...], Component, tuple], tuple[int, ...]]] = {
+    "normalization": lambda shape, comp, args: shape,
+    "activation": lambda shape, comp, args: (shape[0], round(shape[1] * comp.channel_ratio), *shape[2:]),
+    "pooling": lambda shape, comp, args: shape[:2],
+    "downsampling": lambda shape, comp, args: (shape[0], args[2], *((n + 1) // 2 for n in shape[2:])),
+    "head": lambda shape, comp, args: (shape[0], args[1]),
+}
+
+
+def _checked(comp: Component, factory: Callable[..., Any]) -> Callable[..., nn.Module]:
+    """``factory``, whose modules must be ``nn.Module``s that keep their kind's promise on their first
+    input: a plugin's mistake (a normalization that changes the shape) is an error naming it, rather than a
+    model that trains to nothing or a shape error deep inside the next layer."""
+    who = f"{comp.kind} {comp.name} (plugin {comp.plugin!r})"
+
+    def build(*args: Any, **kwargs: Any) -> nn.Module:
+        module = factory(*args, **kwargs)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{who}: its factory returned {type(module).__name__}, not a torch.nn.Module")
+        if comp.kind not in _PROMISES:
+            return module
+        checked: list[bool] = []  # shared with copies made before the first forward (an EMA teacher)
+
+        def check(_: nn.Module, inputs: tuple, output: Any) -> None:
+            if checked:
+                return
+            checked.append(True)
+            handle.remove()
+            shape = tuple(inputs[0].shape)
+            expected = _PROMISES[comp.kind](shape, comp, args)
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            if got != expected:
+                raise TypeError(f"{who}: its module returned {got} for an input of shape {shape}; expected {expected}")
+
+        handle = module.register_forward_hook(check)
+        return module
+
+    return build
+
+
 def build_layers(config: TrialConfig, registry: Registry | None = None) -> Layers:
     registry = registry or get_registry()
-    parts = {kind: registry.get(kind, c.name).bind(c.params) for kind, c in config.components.items()}
+    parts = {}
+    for kind, choice in config.components.items():
+        comp = registry.get(kind, choice.name)
+        parts[kind] = _checked(comp, comp.bind(choice.params)) if kind in _PROMISES else comp.bind(choice.params)
     norm_comp = registry.get("normalization", config.components["normalization"].name)
     if norm_comp.own_activation is not None:
         act, ratio = norm_comp.bind_own_activation(config.components["normalization"].params), 1.0
@@ -189,7 +234,8 @@ def build_model(
     registry = registry or get_registry()
     try:
         layers = build_layers(config, registry)
-        backbone = registry.get("model", config.model.name).bind(config.model.params)
+        model_comp = registry.get("model", config.model.name)
+        backbone = _checked(model_comp, model_comp.bind(config.model.params))
     except KeyError as exc:
         raise SpecError(exc.args[0], path="config") from None
     model = backbone(tuple(config.input_shape), config.num_classes, layers)

@@ -18,7 +18,7 @@ import torch
 from autonorm.config import ComponentChoice
 from autonorm.errors import SpecError
 from autonorm.params import FilePath
-from autonorm.registry import Registry, get_registry
+from autonorm.registry import Component, Registry, get_registry
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _load(
     """``files`` only keys the cache (see :func:`load_data`)."""
     comp = registry.get("dataset", name)
     params = json.loads(params_json)
-    arrays = comp.bind(params)()
+    arrays = _arrays_of(comp, params)
     files = [f"data.{key} ({params.get(key, p.default)})" for key, p in comp.params.items() if isinstance(p, FilePath)]
     _check_arrays(files[0] if files else f"dataset {name}", arrays)
     arrays = replace(
@@ -131,6 +131,28 @@ _FEATURES = ("x", "x_val", "x_test")
 #: Labels may skip values (a subset of a dataset's classes), but a head this much wider than the
 #: labels in use is a labelling mistake (and would allocate gigabytes), not a dataset.
 _SPARSE_LABELS = 100
+
+
+def _arrays_of(comp: Component, params: dict) -> Arrays:
+    """What the dataset plugin's factory returns, its arrays as NumPy's; its failure, or anything but
+    :class:`Arrays`, is an error naming the dataset and its plugin rather than a traceback."""
+    where = f"dataset {comp.name} (plugin {comp.plugin!r}{f', {comp.package} {comp.version}' if comp.package else ''})"
+    try:
+        arrays = comp.bind(params)()
+    except SpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the plugin's failure, told as such
+        raise SpecError(f"{where} failed: {type(exc).__name__}: {exc}", path="data.dataset") from None
+    if not isinstance(arrays, Arrays):
+        raise SpecError(f"{where} returned {type(arrays).__name__}, not autonorm.Arrays", path="data.dataset")
+    try:  # torch tensors or lists work as well as NumPy arrays
+        return replace(arrays, **{
+            key: np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)
+            for key in ("x", "y", *_FEATURES[1:], "y_val", "y_test")
+            if (value := getattr(arrays, key)) is not None
+        })  # fmt: skip
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise SpecError(f"{where} returned arrays NumPy cannot read: {exc}", path="data.dataset") from None
 
 
 def _check_arrays(where: str, arrays: Arrays) -> None:

@@ -104,6 +104,7 @@ class Component:
             raise ValueError(f"component {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
         object.__setattr__(self, "dtypes", tuple(self.dtypes))
         self._check_params()
+        self._check_rules()
         unknown = [d for d in self.dtypes if d not in DTYPES]
         if unknown or "float32" not in self.dtypes:
             raise ValueError(
@@ -129,6 +130,30 @@ class Component:
         for function in (factory, self.pair):
             if function is not None:
                 self._check_accepts(function)
+
+    def _check_rules(self) -> None:
+        """``requires`` and ``excludes`` name kinds (``kind`` or ``kind:name``) or, required only, a training
+        setting (``train.KEY:value``): a misspelt one would never match, and rule nothing in or out."""
+        from autonorm.spec import TRAIN_PARAMS  # the training settings; spec.py imports this module
+
+        for field_name in ("requires", "excludes"):
+            rules = getattr(self, field_name)
+            if isinstance(rules, str):
+                raise ValueError(f"component {self.name!r}: {field_name} must be a tuple of rules, not a string")
+            for rule in rules:
+                kind, _, name = str(rule).partition(":")
+                if kind.startswith("train.") and field_name == "requires":
+                    key = kind.removeprefix("train.")
+                    if key not in TRAIN_PARAMS or not name:
+                        message = "name the value: train.KEY:VALUE"
+                        if key not in TRAIN_PARAMS:
+                            message = unknown_name_message("training setting", key, TRAIN_PARAMS)
+                        raise ValueError(f"component {self.name!r}: requires {rule!r}: {message}")
+                elif kind not in KINDS:
+                    message = unknown_name_message("kind", kind, KINDS)
+                    if kind.startswith("train."):
+                        message = "a training setting can be required, not excluded"
+                    raise ValueError(f"component {self.name!r}: {field_name} {rule!r}: {message}")
 
     def _check_accepts(self, function: Callable[..., Any]) -> None:
         try:

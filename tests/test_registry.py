@@ -1,5 +1,7 @@
 """Discovery through real entry points: built-ins, an installed third-party package, a broken one."""
 
+import re
+
 import pytest
 import torch
 
@@ -171,6 +173,23 @@ def test_a_component_declaring_what_its_factory_cannot_take_is_refused(factory, 
     with pytest.raises(ValueError, match=message):
         Component(kind="normalization", name="bad", factory=factory, params=params)
     Component(kind="normalization", name="fine", factory=lambda c, **kw: None, params={"eps": Float(0, 0, 1)})
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"requires": ("activaton:relu",)}, "requires 'activaton:relu': unknown kind 'activaton'; did you mean 'act"),
+        ({"excludes": ("normalisation",)}, "excludes 'normalisation': unknown kind 'normalisation'; did you mean"),
+        ({"requires": ("train.optimiser:adam",)}, "unknown training setting 'optimiser'; did you mean 'optimizer'?"),
+        ({"requires": ("train.optimizer",)}, "requires 'train.optimizer': name the value: train.KEY:VALUE"),
+        ({"excludes": ("train.optimizer:sgd",)}, "a training setting can be required, not excluded"),
+        ({"requires": "model:resnet"}, "requires must be a tuple of rules, not a string"),
+    ],
+)
+def test_a_misspelt_rule_is_refused_rather_than_never_matching(rules, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Component(kind="pooling", name="bad", factory=lambda: None, **rules)
+    Component(kind="pooling", name="fine", factory=lambda: None, requires=("model:resnet", "train.optimizer:sgd"))
 
 
 def test_a_bad_declaration_is_its_plugins_failure():
