@@ -178,19 +178,30 @@ def _print_results(results: StudyResults, top: int, console: Console) -> None:
 
 def _chosen_trial(args: argparse.Namespace, results: StudyResults) -> TrialRecord:
     """The trial ``autonorm best`` exports: by number, under metric bounds, or the best by the first objective."""
+    where = f"study {results.name}"
     if args.trial is not None:
+        if args.by or args.max or args.min:
+            raise SpecError("--trial names the trial; --by, --max and --min choose one: give either", path="--trial")
         chosen = next((t for t in results.trials if t.number == args.trial), None)
         if chosen is None:
-            raise SpecError(f"no trial {args.trial} (it has {len(results.trials)})", path=f"study {results.name}")
-        if chosen.config is None:
+            raise SpecError(f"no trial {args.trial} (it has {len(results.trials)})", path=where)
+        if chosen.config is None or chosen.rejected or chosen.state == "failed":
             why = f": {chosen.reason}" if chosen.reason else ""
-            raise SpecError(f"trial {args.trial} has no configuration{why}", path=f"study {results.name}")
+            raise SpecError(f"trial {args.trial} did not train to a result{why}", path=where)
         return chosen
     if args.max or args.min or args.by:
         chosen = results.choose(by=args.by, at_most=dict(args.max), at_least=dict(args.min))
         if chosen is None:
+            complete = [t for t in results.trials if t.state == "complete"]
+            if not complete:
+                raise SpecError("no completed trial yet", path=where)
+            named = dict.fromkeys([args.by, *(k for k, _ in args.max + args.min)])
+            unmeasured = [k for k in named if k and not any(k in t.metrics for t in complete)]
+            if unmeasured:
+                why = " (peak memory is measured on CUDA only)" if "peak_memory_mb" in unmeasured else ""
+                raise SpecError(f"no completed trial measured {', '.join(unmeasured)}{why}", path=where)
             bounds = [f"{k} <= {v:g}" for k, v in args.max] + [f"{k} >= {v:g}" for k, v in args.min]
-            raise SpecError(f"no completed trial has {' and '.join(bounds)}", path=f"study {results.name}")
+            raise SpecError(f"no completed trial has {' and '.join(bounds)}", path=where)
         return chosen
     if results.best is None or results.best.config is None:
         raise SpecError("no completed trial yet", path=f"study {results.name}")
@@ -212,8 +223,8 @@ def cmd_best(args: argparse.Namespace, console: Console) -> int:
         shown = dict.fromkeys([results.objective, args.by, *(k for k, _ in args.max + args.min)] + results.objectives)
         values = ", ".join(f"{k} = {best.metrics[k]:.4g}" for k in shown if k and k in best.metrics)
         console.print(f"wrote the configuration of trial {best.number} ({values or best.state}) to {args.output}")
-    else:
-        console.print(text, markup=False, highlight=False)
+    else:  # as it is: a console would wrap long lines (a path) and break the YAML
+        sys.stdout.write(text)
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -156,9 +157,22 @@ search: {trials: 6, sampler: random, seed: 0}
     cli("search", str(write(tmp_path / "rejected.yaml", space)), "-q")
     rejected = next(t for t in autonorm.load_study("rejected").trials if t.config is None)
     _, err = cli("best", "rejected", "--trial", str(rejected.number), code=2)
-    assert f"trial {rejected.number} has no configuration: incompatible: training enorm requires" in err
+    assert f"trial {rejected.number} did not train to a result: incompatible: training enorm requires" in err
     _, err = cli("best", "rejected", "--trial", "6", code=2)
     assert "no trial 6 (it has 6)" in err
+
+
+def test_best_on_stdout_is_yaml_whatever_the_terminals_width(tmp_path, cli, monkeypatch):
+    """A long path in the configuration used to be wrapped at the terminal's width, breaking the YAML."""
+    folder = tmp_path / ("a_rather_long_folder_name_" * 6)
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(folder / "arrays.npz", x=rng.normal(size=(60, 1, 8)).astype(np.float32), y=np.arange(60) % 3)
+    space = "name: long\ndata: {dataset: npz, path: arrays.npz}\nmodel: {backbone: small_cnn, depth: 1, width: 4}\n"
+    cli("search", str(write(folder / "long.yaml", space + "train: {epochs: 1}\nsearch: {trials: 1}\n")), "-q")
+    monkeypatch.setenv("COLUMNS", "60")
+    out, _ = cli("best", "long")
+    assert yaml.safe_load(out)["dataset"]["params"]["path"] == str(folder / "arrays.npz")
 
 
 def test_train_on_a_space_file_says_to_export_a_configuration_first(tmp_path, cli):
@@ -186,8 +200,9 @@ def test_best_of_a_study_without_completed_trials(tmp_path, cli):
         TINY_SPACE.replace("trials: 3", "trials: 1").replace("lr: {loguniform: [0.01, 0.2]}", "lr: 1.0e+30"),
     )
     cli("search", str(space), "-q")
-    _, err = cli("best", "tiny", code=2)
-    assert "no completed trial yet" in err
+    for args in ([], ["--by", "val_loss"], ["--max", "latency_ms=1"]):
+        _, err = cli("best", "tiny", *args, code=2)
+        assert "study tiny: no completed trial yet" in err, args
 
 
 @pytest.mark.parametrize(

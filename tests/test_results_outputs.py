@@ -159,6 +159,10 @@ def test_best_with_a_bound_or_a_trial_number(multi_study, cli, tmp_path):
     assert autonorm.TrialConfig.model_validate(yaml.safe_load(out)) == results.trials[3].config
     _, err = cli("best", "multi", "--storage", storage, "--max", "latency_ms=0", code=2)
     assert "no completed trial has latency_ms <= 0" in err
+    _, err = cli("best", "multi", "--storage", storage, "--max", "peak_memory_mb=100", code=2)
+    assert "no completed trial measured peak_memory_mb (peak memory is measured on CUDA only)" in err
+    _, err = cli("best", "multi", "--storage", storage, "--trial", "3", "--by", "latency_ms", code=2)
+    assert "--trial: --trial names the trial; --by, --max and --min choose one: give either" in err
     with pytest.raises(SystemExit):
         main(["best", "multi", "--storage", storage, "--max", "latncy_ms=1"])
 
