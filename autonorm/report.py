@@ -21,9 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from autonorm.backends.optuna import Distinct
 from autonorm.comparison import COST_KEYS, Comparison
 from autonorm.errors import output_file
-from autonorm.results import StudyResults, TrialRecord, results_of
+from autonorm.results import StudyResults, TrialRecord, nondominated, results_of
 from autonorm.spec import SEARCHED_KINDS
 
 #: fANOVA needs a handful of completed trials before its importances mean anything.
@@ -230,9 +231,9 @@ def _failures(results: StudyResults) -> str:
 
 
 def _history(results: StudyResults) -> Part:
-    done = sorted((t for t in results.trials if t.value is not None), key=lambda t: t.number)
+    done = [t for t in results.trials if t.state in ("complete", "pruned") and t.value is not None]
     if not done:
-        return _note("No trial has reported a value yet.")
+        return _note("No trial has completed or been pruned with a value yet.")
     fig = go.Figure()
     for state, colour in (("complete", "#1f77b4"), ("pruned", "#bbbbbb")):
         shown = [t for t in done if t.state == state]
@@ -257,35 +258,47 @@ def _history(results: StudyResults) -> Part:
             go.Scatter(x=xs, y=ys, mode="lines", name="best so far", line={"shape": "hv", "color": "#d62728"})
         )
     fig.update_layout(title=f"{results.objective} per trial", xaxis_title="trial", yaxis_title=results.objective)
-    fig.update_xaxes(tickformat="d")
+    fig.update_xaxes(tickformat="d", **_whole_ticks(max(t.number for t in done)))
     return fig
+
+
+def _whole_ticks(largest: int) -> dict[str, int]:
+    """An axis of whole numbers up to ``largest`` ticks every one while they are few (Plotly would tick
+    halves, shown as repeated whole numbers)."""
+    return {"dtick": 1} if largest <= 20 else {}
 
 
 def _pareto(results: StudyResults) -> Part:
     complete = [t for t in results.trials if t.state == "complete" and len(t.values) == len(results.objectives)]
+    complete = [t for t in complete if t.repeat_of is None]
     if not complete:
         return _note("No trial has completed yet.")
-    front = results.pareto_front
-    on_front = {t.number for t in front}
+    on_front = {t.number for t in results.pareto_front}
     first, others = results.objectives[0], results.objectives[1:]
     fig = make_subplots(rows=1, cols=len(others), subplot_titles=[f"{first} vs {o}" for o in others])
     for col, other in enumerate(others, 1):
         k = results.objectives.index(other)
-        rest = [t for t in complete if t.number not in on_front]
-        line = sorted(front, key=lambda t: t.values[k])
-        for trials, name, style in (
-            (rest, "dominated", {"color": "#bbbbbb", "size": 8}),
-            (line, "Pareto front", {"color": "#d62728", "size": 11}),
+        plane = nondominated(complete, results.directions, (0, k))
+        # the step between two front points turns at the corner both dominate: across first when the
+        # x objective is minimized, along it when maximized
+        shape = "hv" if results.directions[k] == "minimize" else "vh"
+        rest, front = [t for t in complete if t.number not in on_front], [t for t in complete if t.number in on_front]
+        for trials, name, mode, style in (
+            (rest, "dominated", "markers", {"color": "#bbbbbb", "size": 8}),
+            (front, "Pareto front", "markers", {"color": "#d62728", "size": 11}),
+            (sorted(plane, key=lambda t: t.values[k]), "front in this plane", "lines", None),
         ):
+            if not trials or (name == "front in this plane" and len(trials) < 2):
+                continue
             fig.add_trace(
                 go.Scatter(
                     x=[t.values[k] for t in trials],
                     y=[t.values[0] for t in trials],
-                    mode="markers+lines" if name == "Pareto front" else "markers",
-                    line={"shape": "hv"} if name == "Pareto front" else None,
+                    mode=mode,
+                    line={"shape": shape, "color": "#d62728", "width": 1.5} if mode == "lines" else None,
                     name=name,
-                    legendgroup=name,
-                    showlegend=col == 1,
+                    legendgroup="Pareto front" if name == "front in this plane" and len(others) == 1 else name,
+                    showlegend=col == 1 and (name != "front in this plane" or len(others) > 1),
                     marker=style,
                     text=[_label(t) for t in trials],
                     hovertemplate="%{text}<br>" + f"{other}=%{{x:.4g}}<br>{first}=%{{y:.4g}}<extra></extra>",
@@ -295,7 +308,7 @@ def _pareto(results: StudyResults) -> Part:
             )
         fig.update_xaxes(title_text=other, row=1, col=col)
         fig.update_yaxes(title_text=first, row=1, col=col)
-    fig.update_layout(title=f"{len(front)} Pareto-optimal of {len(complete)} completed trials")
+    fig.update_layout(title=f"{len(on_front)} Pareto-optimal of {len(complete)} completed trials")
     return fig
 
 
@@ -310,7 +323,7 @@ def _importances(study: optuna.Study, results: StudyResults) -> Part:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             importances = optuna.importance.get_param_importances(
-                study,
+                Distinct(study),  # a repeated configuration is one measurement, not several
                 evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
                 target=lambda t: t.values[0],
             )
@@ -330,7 +343,11 @@ def _importances(study: optuna.Study, results: StudyResults) -> Part:
 
 
 def _by_choice(results: StudyResults) -> Part:
-    complete = [t for t in results.trials if t.state == "complete" and t.config is not None and t.value is not None]
+    complete = [
+        t
+        for t in results.trials
+        if t.state == "complete" and t.config is not None and t.value is not None and t.repeat_of is None
+    ]
     varied = [k for k in SEARCHED_KINDS if len({_kind_choice(t, k) for t in complete}) > 1]
     if not varied:
         return _note("No component kind varied among the completed trials.")
@@ -377,7 +394,7 @@ def _curves(results: StudyResults, frozen: dict[int, FrozenTrial]) -> Part:
         return _note("No completed trial recorded a learning curve.")
     first = next(iter(histories.values()))[0]
     metric = results.objective if results.objective in first else "val_accuracy"
-    panels = [m for m in (metric, "val_loss") if m in first][:2]
+    panels = [metric, *[m for m in ("val_accuracy", "val_loss") if m != metric and m in first][:1]]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels)
     top = [t for t in complete if t.number in histories][:TOP_CURVES]
     faint = [t for t in complete if t.number in histories][TOP_CURVES:]
@@ -386,9 +403,10 @@ def _curves(results: StudyResults, frozen: dict[int, FrozenTrial]) -> Part:
             fig.add_trace(_curve(histories[t.number], key, t, None), row=1, col=col)
         for t, colour in zip(top, _PALETTE, strict=False):
             fig.add_trace(_curve(histories[t.number], key, t, colour, legend=col == 1), row=1, col=col)
-        fig.update_xaxes(title_text="epoch", row=1, col=col)
+        fig.update_xaxes(title_text="epoch", row=1, col=col, **_whole_ticks(max(map(len, histories.values()))))
     fig.update_layout(
-        title=f"top {len(top)} trials by {results.objective} (others in grey)",
+        title=f"top {len(top)} trial{'s' if len(top) > 1 else ''} by {results.objective}"
+        + (" (others in grey)" if faint else ""),
         height=520,
         legend={"orientation": "h", "y": -0.2},
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,18 +171,9 @@ class StudyResults:
     @property
     def pareto_front(self) -> list[TrialRecord]:
         """Completed trials that no other completed trial dominates on every objective, best first."""
-        signs = [-1.0 if d == "maximize" else 1.0 for d in self.directions]
-        points = [
-            (t, tuple(s * v for s, v in zip(signs, t.values, strict=True)))
-            for t in self.trials
-            if t.state == "complete" and t.repeat_of is None and len(t.values) == len(signs)
-            and all(map(math.isfinite, t.values))
-        ]
-
-        def dominated(p: tuple[float, ...]) -> bool:
-            return any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p for _, q in points)
-
-        return sorted((t for t, p in points if not dominated(p)), key=lambda t: (signs[0] * t.values[0], t.number))
+        trials = [t for t in self.trials if t.state == "complete" and t.repeat_of is None]
+        sign = -1.0 if self.direction == "maximize" else 1.0
+        return sorted(nondominated(trials, self.directions), key=lambda t: (sign * t.values[0], t.number))
 
     def choose(
         self, by: str | None = None, at_most: dict[str, float] | None = None, at_least: dict[str, float] | None = None
@@ -246,6 +238,26 @@ class StudyResults:
             "waiting": self.count("waiting"),
         }
         return ", ".join(parts + [f"{n} {what}" for what, n in extra.items() if n])
+
+
+def nondominated(
+    trials: Iterable[TrialRecord], directions: Sequence[str], objectives: Sequence[int] | None = None
+) -> list[TrialRecord]:
+    """The trials that no other of them dominates (better on one objective, no worse on any) on the
+    objectives at the positions ``objectives`` (all of ``directions`` by default); a trial without a
+    finite value for each is left out."""
+    objectives = range(len(directions)) if objectives is None else objectives
+    signs = [-1.0 if directions[i] == "maximize" else 1.0 for i in objectives]
+    points = [
+        (t, tuple(s * t.values[i] for s, i in zip(signs, objectives, strict=True)))
+        for t in trials
+        if len(t.values) == len(directions) and all(math.isfinite(t.values[i]) for i in objectives)
+    ]
+
+    def dominated(p: tuple[float, ...]) -> bool:
+        return any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p for _, q in points)
+
+    return [t for t, p in points if not dominated(p)]
 
 
 def default_storage(name: str) -> str:

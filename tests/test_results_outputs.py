@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import json
 import os
 import random
@@ -18,6 +19,7 @@ import torch
 import yaml
 
 import autonorm
+from autonorm import report
 from autonorm.cli import main
 from autonorm.data import load_data
 from autonorm.report import render_report
@@ -288,6 +290,58 @@ def test_report_of_a_small_study_says_what_is_missing(tmp_path, cli):
     assert "Importances need at least 4 completed trials; this study has 1" in page
     assert "No component kind varied among the completed trials" in page
     assert "<h2>Pareto front</h2>" not in page and page.count(FIGURE) == 2  # history, learning curves
+
+
+def _step_corners(trace) -> list[tuple[float, float]]:
+    """The corners a Plotly step line turns at (``hv``: along x first; ``vh``: along y first)."""
+    points = list(zip(trace.x, trace.y, strict=True))
+    across = trace.line.shape == "hv"
+    return [(b[0], a[1]) if across else (a[0], b[1]) for a, b in itertools.pairwise(points)]
+
+
+@pytest.mark.parametrize("directions", [["maximize", "minimize"], ["minimize", "maximize"], ["maximize", "maximize"]])
+def test_the_pareto_step_line_turns_at_corners_the_front_dominates(directions):
+    """A corner that beats a front point on both objectives would draw a front no trial reaches."""
+    good = [(0.5, -1.0), (0.7, -2.0), (0.9, -4.0), (0.6, -3.0), (0.4, -0.5)]  # higher is better: a trade-off
+    signs = [1 if d == "maximize" else -1 for d in directions]
+    study = _told_study([tuple(s * g for s, g in zip(signs, point, strict=True)) for point in good], directions)
+    results = results_of(study, "")
+    assert len(results.pareto_front) == 4
+    figure = report._pareto(results)
+    (line,) = [t for t in figure.data if t.mode == "lines"]
+    for corner in _step_corners(line):
+        for t in results.pareto_front:  # no front point is worse on both axes than a corner
+            assert not all(s * v < s * c for s, v, c in zip(signs, t.values, (corner[1], corner[0]), strict=True))
+
+
+def test_with_three_objectives_each_plane_draws_its_own_front():
+    values = [(0.9, 1.0, 5.0), (0.5, 1.0, 1.0), (0.95, 3.0, 9.0), (0.4, 0.5, 9.0)]
+    study = _told_study(values, ["maximize", "minimize", "minimize"])
+    figure = report._pareto(results_of(study, ""))
+    lines = [t for t in figure.data if t.mode == "lines"]
+    # accuracy vs latency: (0.4, 0.5), (0.9, 1.0), (0.95, 3.0); trial 1 is on the full front but not in this plane
+    assert [(x, y) for x, y in zip(lines[0].x, lines[0].y, strict=True)] == [(0.5, 0.4), (1.0, 0.9), (3.0, 0.95)]
+    assert [(x, y) for x, y in zip(lines[1].x, lines[1].y, strict=True)] == [(1.0, 0.5), (5.0, 0.9), (9.0, 0.95)]
+
+
+def test_repeats_count_once_in_the_report_and_curves_show_both_metrics():
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("objective", "val_loss")
+    study.set_user_attr("objectives", ["val_loss"])
+    history = [{"val_loss": 1.0, "val_accuracy": 0.5}, {"val_loss": 0.8, "val_accuracy": 0.6}]
+    for n, norm in enumerate(["batchnorm", "batchnorm", "batchnorm", "groupnorm"]):
+        config = autonorm.TrialConfig(
+            dataset={"name": "digits"}, val_fraction=0.2, test_fraction=0.2, input_shape=(1, 8, 8), num_classes=10,
+            model={"name": "small_cnn"}, components={"normalization": {"name": norm}}, epochs=2, train={},
+        ).model_dump(mode="json")  # fmt: skip
+        attrs = {"config": config, "history": history, **({"repeat_of": 0} if n in (1, 2) else {})}
+        study.add_trial(optuna.trial.create_trial(value=0.8 - 0.1 * (norm == "groupnorm"), user_attrs=attrs))
+    results = results_of(study, "")
+    boxes = {trace.name: list(trace.y) for trace in report._by_choice(results).data}
+    assert boxes == {"batchnorm": [0.8], "groupnorm": pytest.approx([0.7])}
+    curves = report._curves(results, {t.number: t for t in study.trials})
+    assert [a.text for a in curves.layout.annotations] == ["val_loss", "val_accuracy"]
+    assert curves.layout.title.text == "top 2 trials by val_loss"
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

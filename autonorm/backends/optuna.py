@@ -137,11 +137,12 @@ class OncePerConfiguration(optuna.pruners.BasePruner):
         self.pruner = pruner
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        return self.pruner.prune(_Distinct(study), trial)
+        return self.pruner.prune(Distinct(study), trial)
 
 
-class _Distinct:
-    """``study`` with each configuration once, as :class:`OncePerConfiguration` shows it."""
+class Distinct:
+    """``study`` with each configuration once, as :class:`OncePerConfiguration` shows it (and the report's
+    importances use it)."""
 
     def __init__(self, study: optuna.Study) -> None:
         self._study = study
