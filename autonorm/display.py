@@ -55,8 +55,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
-    """Best trials first; of the component kinds and training settings, only those that vary are shown."""
+    """Best trials first, with every objective; of the model's hyperparameters, the component kinds and the
+    training settings, only those that vary are shown, and then the costs not already shown."""
     configs = [t.config for t in results.trials if t.config is not None]
+    model_keys = sorted({k for c in configs for k in c.model.params})
+    model_keys = [k for k in model_keys if len({repr(c.model.params.get(k)) for c in configs}) > 1]
     kinds = [k for k in SEARCHED_KINDS if len({_choice(c.components.get(k)) for c in configs}) > 1]
     train_keys = [k for k in TRAIN_PARAMS if len({repr(c.train.get(k)) for c in configs}) > 1]
     epochs = ["epochs"] if len({c.epochs for c in configs}) > 1 else []  # a space edited between sessions
@@ -65,26 +68,37 @@ def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
     )
     pareto = {t.number for t in results.pareto_front} if results.multi_objective else None
     states = ["state", "pareto"] if pareto is not None else ["state"]
-    costs = ("params", "train s", "latency ms")
-    for column in ("#", "trial", *states, results.objective, *kinds, *train_keys, *epochs, *costs):
+    costs = [(key, header) for key, header in _COSTS if key not in results.objectives]
+    columns = ("#", "trial", *states, *results.objectives, *model_keys, *kinds, *train_keys, *epochs)
+    for column in (*columns, *(header for _, header in costs)):
         table.add_column(column, justify="right" if column in ("#", "trial") else "left")
     for rank, t in enumerate(results.leaderboard(limit), 1):
         comps = t.config.components if t.config else {}
         train = t.config.train if t.config else {}
+        model = t.config.model.params if t.config else {}
+        values = t.values if t.values else (t.value,)  # a pruned trial: its last reported value
         table.add_row(
             str(rank),
             str(t.number),
             t.state,
             *(["yes" if t.number in pareto else ""] if pareto is not None else []),
-            _fmt(t.value),
+            *(_metric(key, values[i] if i < len(values) else None) for i, key in enumerate(results.objectives)),
+            *(_fmt(model.get(key), 3) for key in model_keys),
             *(_choice(comps.get(kind)) for kind in kinds),
             *(_fmt(train.get(key), 3) for key in train_keys),
             *([str(t.config.epochs) if t.config else "-"] if epochs else []),
-            _fmt(int(t.metrics["params"]) if "params" in t.metrics else None),
-            _fmt(t.metrics.get("train_seconds"), 3),
-            _fmt(t.metrics.get("latency_ms"), 3),
+            *(_metric(key, t.metrics.get(key), 3) for key, _ in costs),
         )
     return table
+
+
+#: The costs every trial records, and their column headers.
+_COSTS = (("params", "params"), ("train_seconds", "train s"), ("latency_ms", "latency ms"))
+
+
+def _metric(key: str, value: float | None, digits: int = 4) -> str:
+    """A metric's value as the leaderboard shows it: a parameter count whole."""
+    return _fmt(int(value) if key == "params" and value is not None else value, digits)
 
 
 def pareto_table(results: StudyResults) -> Table:
@@ -122,6 +136,8 @@ def trial_json(record: TrialRecord, objectives: list[str]) -> str:
             "values": values,
             "reason": _reason(record),
             "summary": record.summary,
+            "repeat_of": record.repeat_of,
+            "promoted_from": record.promoted_from,
             "config": record.config.model_dump(mode="json") if record.config else None,
             "metrics": record.metrics,
         }

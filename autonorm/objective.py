@@ -44,6 +44,7 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         judged = 0  # epochs whose pruning decision was made on an earlier trial's measurements
         reported = 0  # epochs whose measurements this trial already reported (those of the earlier trial)
+        history: list[dict[str, float]] = []  # kept for a trial the pruner stops (fit returns it otherwise)
 
         def finish(state: str, metrics: dict[str, Any]) -> None:
             notify(
@@ -52,6 +53,7 @@ def make_objective(
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             step = epoch + 1  # the number of epochs done, as Ray's schedulers count
+            history.append(metrics)
             measured = prunable and objective_key in metrics
             if measured and step > reported:
                 trial.report(metrics[objective_key], step)
@@ -78,6 +80,7 @@ def make_objective(
                 model = build_model(config, data.x_train[:n], registry, sample_labels=data.y_train[:n])
             except ValueError as exc:  # the choices cannot make this model (8 channels in 3 groups): steer away
                 raise Incompatible(f"incompatible: {exc}") from None
+            trial.set_user_attr("params", float(sum(p.numel() for p in model.parameters() if p.requires_grad)))
             methods = build_training_methods(config, registry)
             result = fit(model, data, config.train, config.epochs, report, methods=methods)
             missing = [key for key in objectives if key not in result.metrics]
@@ -94,6 +97,8 @@ def make_objective(
                 return tuple(result.metrics[key] for key in objectives)
             return result.metrics[objective_key]
         except optuna.TrialPruned:
+            if history:
+                trial.set_user_attr("history", history)
             finish("pruned", {})
             raise
         except KeyboardInterrupt:

@@ -63,6 +63,8 @@ class TrialRecord:
     values: tuple[float, ...] = ()
     #: The earlier trial whose outcome this one reused (the same configuration proposed again), or None.
     repeat_of: int | None = None
+    #: The earlier trial, stopped by the pruner, whose configuration this one trained again (late promotion).
+    promoted_from: int | None = None
     #: The one-liner of the components a trial chose when it was rejected before it had a configuration.
     chosen: str | None = None
     #: The epochs a trial reported before it finished (a pruned trial: when the pruner stopped it).
@@ -83,6 +85,7 @@ class TrialRecord:
             params=dict(t.params),
             values=values,
             repeat_of=t.user_attrs.get("repeat_of"),
+            promoted_from=t.user_attrs.get("promoted_from") if "repeat_of" not in t.user_attrs else None,
             chosen=t.user_attrs.get("summary"),
             epochs_done=t.last_step,
         )

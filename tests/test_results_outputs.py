@@ -17,9 +17,10 @@ import optuna
 import pytest
 import torch
 import yaml
+from rich.console import Console
 
 import autonorm
-from autonorm import report
+from autonorm import display, report
 from autonorm.cli import main
 from autonorm.data import load_data
 from autonorm.report import render_report
@@ -148,6 +149,27 @@ def test_multi_objective_search_shows_the_pareto_front(multi_study, cli):
         assert f"{t.values[1]:.4g}" in out
 
 
+def test_the_leaderboard_shows_every_objective_and_the_model_hyperparameters_that_vary():
+    def record(n: int, width: int, values: tuple[float, float]) -> TrialRecord:
+        config = autonorm.TrialConfig(
+            dataset={"name": "digits"}, val_fraction=0.2, test_fraction=0.2, input_shape=(1, 8, 8), num_classes=10,
+            model={"name": "small_cnn", "params": {"width": width, "depth": 1}}, components={}, epochs=2, train={},
+        )  # fmt: skip
+        metrics = {"val_accuracy": values[0], "latency_ms": values[1], "params": 1442.0, "train_seconds": 0.5}
+        return TrialRecord(n, "complete", values[0], config, metrics, values=values)
+
+    trials = [record(0, 8, (0.9, 0.05)), record(1, 4, (0.7, 0.03))]
+    results = StudyResults("m", "", "val_accuracy", "maximize", trials, ["val_accuracy", "latency_ms"],
+                           ["maximize", "minimize"])  # fmt: skip
+    screen = io.StringIO()
+    Console(file=screen, width=250, color_system=None).print(display.leaderboard_table(results))
+    header = screen.getvalue().splitlines()[2]
+    assert [h.strip() for h in header.strip("┃").split("┃")] == [
+        "#", "trial", "state", "pareto", "val_accuracy", "latency_ms", "width", "params", "train s"
+    ]  # fmt: skip
+    assert "0.03" in screen.getvalue() and "1442 " in screen.getvalue()
+
+
 def test_best_with_a_bound_or_a_trial_number(multi_study, cli, tmp_path):
     _, storage = multi_study
     results = autonorm.load_study("multi", storage)
@@ -181,6 +203,7 @@ def test_jsonl_prints_one_object_per_finished_trial(tmp_path, cli):
         assert line["state"] == trial.state == "complete"
         assert line["value"] == trial.value and line["values"] == {"val_accuracy": trial.value}
         assert line["summary"] == trial.config.summary() and line["reason"] is None
+        assert line["repeat_of"] is None and line["promoted_from"] is None
         assert autonorm.TrialConfig.model_validate(line["config"]) == trial.config  # scripts can rebuild it
     assert "2 complete" in err
 
@@ -191,10 +214,12 @@ def test_jsonl_says_when_the_pruner_stopped_a_trial():
     pruned = optuna.trial.TrialState.PRUNED
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(state=pruned, intermediate_values={1: 0.2, 2: 0.3}))
-    study.add_trial(optuna.trial.create_trial(state=pruned, user_attrs={"repeat_of": 0}))
+    study.add_trial(optuna.trial.create_trial(state=pruned, user_attrs={"repeat_of": 0, "rejudges": 0}))
+    study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"promoted_from": 0, "rejudges": 0}))
     lines = [json.loads(trial_json(t, ["val_accuracy"])) for t in results_of(study, "").trials]
     reasons = [line["reason"] for line in lines]
-    assert reasons == ["pruned after epoch 2", "same configuration as trial 0, which was pruned"]
+    assert reasons == ["pruned after epoch 2", "same configuration as trial 0, which was pruned", None]
+    assert [(line["repeat_of"], line["promoted_from"]) for line in lines] == [(None, None), (0, None), (None, 0)]
 
 
 def test_resuming_with_other_objectives_is_an_error(tmp_path, cli):
@@ -432,7 +457,6 @@ def test_train_needs_a_test_split(multi_study, tmp_path, cli):
 def test_live_progress_shows_counts_best_and_times(tmp_path):
     """The progress display a terminal user sees: trials done of total, per-state counts, best so far,
     elapsed and remaining time."""
-    from rich.console import Console
 
     from autonorm import display
 
@@ -450,7 +474,6 @@ def test_live_progress_shows_counts_best_and_times(tmp_path):
 
 def test_live_progress_counts_the_pareto_front_as_the_leaderboard_does(tmp_path):
     """A repeated configuration's trial copies an earlier outcome: it is not another point of the front."""
-    from rich.console import Console
 
     from autonorm import display
 

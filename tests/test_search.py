@@ -244,6 +244,22 @@ def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_ret
     assert len({t.user_attrs["train_seconds"] for t in trials}) == 5  # every one trained
 
 
+def test_a_pruned_trial_records_its_parameters_and_the_epochs_it_trained():
+    registry = registry_with_test_components()
+    spec = load_spec(
+        {"model": {"backbone": "small_cnn", "depth": 1, "width": 8}, "train": {"epochs": 3, "batch_size": 128}},
+        registry,
+    )
+    data = load_data(spec.dataset_choice, spec.val_fraction, spec.test_fraction)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    study.optimize(make_objective(spec, data, registry), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["params"] > 0 and len(trial.user_attrs["history"]) == 1  # pruned after epoch 1
+    assert set(trial.user_attrs["history"][0]) >= {"train_loss", "val_accuracy", "val_loss"}
+    assert autonorm.results.TrialRecord.from_frozen(trial).metrics == {"params": trial.user_attrs["params"]}
+
+
 @pytest.mark.parametrize(("earlier_accuracy", "trains"), [(0.9, True), (0.1, False)])
 def test_a_pruned_configuration_proposed_again_trains_if_the_pruner_would_now_let_it_go_on(
     earlier_accuracy, trains
