@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+import optuna
 
 from autonorm.backends import run_optuna
 from autonorm.backends.optuna import Callback
@@ -36,10 +39,23 @@ def search(
     registry = registry or get_registry()
     spec = source if isinstance(source, SearchSpec) else load_spec(source, registry)
     spec.override(trials=trials, storage=storage, workers=workers)
-    if spec.search.backend == "ray":
-        from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it
+    with _optuna_quiet():
+        if spec.search.backend == "ray":
+            from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it
 
-        return run_ray(spec, registry, callbacks)
-    if spec.search.workers > 1:
-        return run_workers(spec, spec.search.workers, callbacks)
-    return run_optuna(spec, registry, callbacks)
+            return run_ray(spec, registry, callbacks)
+        if spec.search.workers > 1:
+            return run_workers(spec, spec.search.workers, callbacks)
+        return run_optuna(spec, registry, callbacks)
+
+
+@contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna's own messages off while autonorm searches: a line per trial, and for a failed trial a
+    warning about the NaN it is recorded with, say less than the trial's recorded reason."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(level, optuna.logging.ERROR))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)

@@ -42,8 +42,8 @@ def _load(args: argparse.Namespace) -> StudyResults:
 
 
 def cmd_search(args: argparse.Namespace, console: Console) -> int:
-    if args.jsonl:  # stdout carries only the JSON lines; everything else goes to stderr
-        console = Console(stderr=True)
+    if args.jsonl:  # stdout carries only the JSON lines; everything else goes to stderr, unwrapped for logs
+        console = Console(stderr=True, soft_wrap=True)
     registry = get_registry()
     spec = load_spec(args.space, registry)
     try:
@@ -62,7 +62,9 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
             exc.path, exc.file = ("--storage", None) if args.storage else (exc.path, spec.source)
         raise
     already = sum(r.counts_as_done for r in earlier)
-    if already:
+    if already >= spec.search.trials:
+        console.print(f"study {spec.name} has {already} trials done, {spec.search.trials} asked: nothing to run")
+    elif already:
         console.print(f"resuming study {spec.name}: {already} of {spec.search.trials} trials already done")
     device = spec.train_options.get("device", "auto")
     local = spec.search.backend == "optuna"  # Ray's trials may run on other machines, with CUDA
@@ -407,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except SpecError as exc:
+        if getattr(args, "storage", None) and exc.path in ("search.storage", "storage") and not exc.file:
+            exc.path = "--storage"  # the URL the command line gave
         _error(str(exc))
         return 2
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and nothing to flush

@@ -66,7 +66,12 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     if scheme == JOURNAL_SCHEME:
         return _open_journal(parsed.database or "", must_exist)
     if scheme == "sqlite" and must_exist and not Path(parsed.database or "").is_file():
-        raise SpecError(f"no study database at {parsed.database!r}", path="storage")
+        where = "" if Path(parsed.database or "").is_absolute() else f" in {Path.cwd()}"
+        raise SpecError(
+            f"no study database at {parsed.database!r}{where} (a relative sqlite path is read from the working "
+            "directory: run the command where the search ran, or give --storage)",
+            path="storage",
+        )
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resume relies on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -94,6 +94,8 @@ def test_search_resume_results_best(tmp_path, cli):
     assert "resuming study tiny: 3 of 4 trials already done" in out and "4 complete" in out
     assert "4/4 4 complete 0 pruned 0 failed best" in out  # the live line counts the earlier trials too
     assert "\nstudy tiny in sqlite:///tiny.db: 4 trials" in out  # the progress display ends its line
+    out, _ = cli("search", str(space), "--trials", "2", "-q")
+    assert "study tiny has 4 trials done, 2 asked: nothing to run" in out
     board, _ = cli("results", "tiny")
     assert "top 10 by val_accuracy" in board and board.count("complete") >= 4
     assert "lr" in board and "head" not in board  # only the columns that vary
@@ -143,7 +145,7 @@ def test_output_piped_to_a_reader_that_goes_away_ends_quietly(tmp_path):
 
 def test_results_of_a_missing_study_is_a_clear_error(cli):
     _, err = cli("results", "nothing", code=2)
-    assert "no study database at 'nothing.db'" in err
+    assert "no study database at 'nothing.db' in " in err and "run the command where the search ran" in err
 
 
 def test_best_of_a_trial_without_a_configuration_says_why(tmp_path, cli):
@@ -192,6 +194,9 @@ def test_unknown_storage_scheme_is_a_clear_error(tmp_path, cli):
     space = write(tmp_path / "tiny.yaml", TINY_SPACE)
     _, err = cli("search", str(space), "--storage", "redis://localhost/0", code=2)
     assert "unknown storage scheme 'redis'" in err
+    for command in ("results", "best", "report"):
+        _, err = cli(command, "tiny", "--storage", "redis://localhost/0", code=2)
+        assert err.startswith("error: --storage: unknown storage scheme 'redis'"), (command, err)
 
 
 def test_best_of_a_study_without_completed_trials(tmp_path, cli):

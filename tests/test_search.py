@@ -1,6 +1,7 @@
 """Searches through the Python API: results, resume, failures recorded while the search goes on."""
 
 import io
+import logging
 import math
 
 import optuna
@@ -242,6 +243,19 @@ def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_ret
     trials = optuna.load_study(study_name="retrained", storage=f"sqlite:///{tmp_path / 'repeats.db'}").trials
     assert not any("repeat_of" in t.user_attrs for t in trials)
     assert len({t.user_attrs["train_seconds"] for t in trials}) == 5  # every one trained
+
+
+def test_a_search_from_python_keeps_optunas_own_messages_out_and_restores_their_level(tmp_path, caplog):
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    optuna.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.INFO, logger="optuna"):
+            autonorm.search(write(tmp_path / "tiny.yaml", TINY_SPACE), trials=1)
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.disable_propagation()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert not [r for r in caplog.records if r.name.startswith("optuna")], caplog.text
 
 
 def test_a_pruned_trial_records_its_parameters_and_the_epochs_it_trained():
