@@ -128,7 +128,7 @@ def _checked(comp: Component, factory: Callable[..., Any]) -> Callable[..., nn.M
         checked: list[bool] = []  # shared with copies made before the first forward (an EMA teacher)
 
         def check(_: nn.Module, inputs: tuple, output: Any) -> None:
-            if checked:
+            if checked or not inputs or not isinstance(inputs[0], torch.Tensor):  # torch.fx traces with proxies
                 return
             checked.append(True)
             handle.remove()

@@ -274,7 +274,7 @@ def cmd_check_plugin(args: argparse.Namespace, console: Console) -> int:
     kinds = kinds or [c.kind for c in registry.components() if c.name == args.name][:1]
     if not kinds:
         known = sorted({c.name for k in CHECKED_KINDS for c in registry.components(k)})
-        message = unknown_name_message("component", args.name, known) + registry.failure_note()
+        message = unknown_name_message("component", args.name, known) + registry.failure_note(args.name)
         raise SpecError(message, path="check-plugin")
     ok = True
     for kind in kinds:

@@ -294,14 +294,20 @@ class Registry:
         try:
             return self._components[(kind, name)]
         except KeyError:
-            raise KeyError(unknown_name_message(kind, name, self.names(kind)) + self.failure_note()) from None
+            raise KeyError(unknown_name_message(kind, name, self.names(kind)) + self.failure_note(name)) from None
 
-    def failure_note(self) -> str:
-        """`` (plugin 'P' failed to load: ...)`` for an unknown-name error, or ``""``: the name may
-        belong to a plugin that could not be loaded."""
+    def failure_note(self, name: str | None = None) -> str:
+        """`` (plugin 'P' failed to load: ...)`` for an unknown-name error, or ``""``: the name may belong
+        to a plugin that could not be loaded. The failures that mention ``name`` are shown, or all of them
+        while they are few; the others are counted."""
         if not self.failures:
             return ""
-        notes = [f"plugin {f.plugin!r} failed to load: {f.error.strip().splitlines()[0]}" for f in self.failures]
+        about = [f for f in self.failures if name is not None and repr(name) in f.error]
+        shown = about or (self.failures if len(self.failures) <= 3 else [])
+        notes = [f"plugin {f.plugin!r} failed to load: {f.error.strip().splitlines()[0]}" for f in shown]
+        if rest := len(self.failures) - len(shown):
+            others = f"{rest} {'other ' if shown else ''}plugin{'s' if rest > 1 else ''}"
+            notes.append(f"{others} failed to load: `autonorm plugins` says why")
         return f" ({'; '.join(notes)})"
 
     def names(self, kind: str) -> list[str]:

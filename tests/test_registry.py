@@ -249,6 +249,25 @@ def test_failure_note_keeps_each_failure_on_one_line():
     )
 
 
+def test_failure_note_shows_the_failures_that_name_the_component_and_counts_the_others():
+    def failing(message: str) -> object:
+        class Bad:
+            @autonorm.hookimpl
+            def autonorm_components(self):
+                raise ValueError(message)
+
+        return Bad()
+
+    registry = Registry()
+    for i, message in enumerate(["normalization 'mine' is already registered", "x", "y", "z"]):
+        registry.register(failing(message), f"bad{i}")
+    assert registry.failure_note("mine") == (
+        " (plugin 'bad0' failed to load: ValueError: normalization 'mine' is already registered; "
+        "3 other plugins failed to load: `autonorm plugins` says why)"
+    )
+    assert registry.failure_note("other") == " (4 plugins failed to load: `autonorm plugins` says why)"
+
+
 def test_a_component_without_a_docstring_has_no_summary_rather_than_its_base_classs():
     class Undocumented(torch.nn.Identity):
         pass
