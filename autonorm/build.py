@@ -3,19 +3,26 @@
 Backbones never ask which method was chosen: they receive a :class:`Layers` of factories, the way
 torchvision and timm models take ``norm_layer=`` and ``act_layer=``. The factory signatures, per kind:
 
-========== ==============================================================
-kind       factory call (the component's hyperparameters come as keywords)
-========== ==============================================================
-model      ``factory(input_shape, num_classes, layers) -> nn.Module``
-norm       ``factory(num_channels) -> nn.Module`` on ``(N, C, *spatial)``
-activation ``factory(num_channels) -> nn.Module``; may change channels by ``channel_ratio``
-pooling    ``factory() -> nn.Module``: global pooling ``(N, C, *spatial) -> (N, C)``
-downsampling ``factory(layers, cin, cout) -> nn.Module``: halves every spatial size (rounding up)
-head       ``factory(in_features, num_classes) -> nn.Module``
-initializer ``factory(model, sample_batch) -> None``; ``sample_batch`` may be None
-augmentation ``factory() -> TrainingMethod`` that changes training batches (``transform_batch``)
-training   ``factory() -> TrainingMethod`` that hooks into the step, the loss or evaluation
-========== ==============================================================
+============= ===========================================================================================
+kind          factory call (the component's hyperparameters come as keywords)
+============= ===========================================================================================
+dataset       ``factory() -> autonorm.Arrays`` (NumPy arrays or torch tensors; see :mod:`autonorm.data`)
+model         ``factory(input_shape, num_classes, layers) -> nn.Module``
+normalization ``factory(num_channels) -> nn.Module``, shape-preserving on ``(N, C)``, ``(N, C, L)`` and
+              ``(N, C, H, W)``: it learns the dimensionality from its input in ``forward``
+activation    ``factory(num_channels) -> nn.Module``; may change channels by ``channel_ratio``
+pooling       ``factory() -> nn.Module``: global pooling ``(N, C, *spatial) -> (N, C)``
+downsampling  ``factory(layers, cin, cout) -> nn.Module``: halves every spatial size (rounding up)
+head          ``factory(in_features, num_classes) -> nn.Module``: ``(N, in_features) -> (N, num_classes)``
+initializer   ``factory(model, sample_batch) -> None``; ``sample_batch`` may be None
+augmentation  ``factory() -> TrainingMethod`` that changes training batches (``transform_batch``)
+training      ``factory() -> TrainingMethod`` that hooks into the step, the loss or evaluation
+============= ===========================================================================================
+
+A module that breaks its kind's promise on its first input (a normalization that changes the shape) is
+an error naming its plugin, as is a factory that returns no ``nn.Module``. A ``ValueError`` raised while
+the model is built (by a factory or an initializer) makes the trial incompatible: the combination cannot
+be built, and the search steers away from it; any other exception fails the trial with its reason.
 """
 
 from __future__ import annotations

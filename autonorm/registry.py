@@ -296,16 +296,17 @@ class Registry:
         except KeyError:
             raise KeyError(unknown_name_message(kind, name, self.names(kind)) + self.failure_note(name)) from None
 
-    def failure_note(self, name: str | None = None) -> str:
+    def failure_note(self, name: str | None = None, only_about: bool = False) -> str:
         """`` (plugin 'P' failed to load: ...)`` for an unknown-name error, or ``""``: the name may belong
         to a plugin that could not be loaded. The failures that mention ``name`` are shown, or all of them
-        while they are few; the others are counted."""
-        if not self.failures:
-            return ""
+        while they are few; the others are counted (``only_about``: only those that mention it, for an
+        error about a component another plugin's of the same name lost to)."""
         about = [f for f in self.failures if name is not None and repr(name) in f.error]
+        if not self.failures or (only_about and not about):
+            return ""
         shown = about or (self.failures if len(self.failures) <= 3 else [])
         notes = [f"plugin {f.plugin!r} failed to load: {f.error.strip().splitlines()[0]}" for f in shown]
-        if rest := len(self.failures) - len(shown):
+        if (rest := len(self.failures) - len(shown)) and not only_about:
             others = f"{rest} {'other ' if shown else ''}plugin{'s' if rest > 1 else ''}"
             notes.append(f"{others} failed to load: `autonorm plugins` says why")
         return f" ({'; '.join(notes)})"

@@ -396,7 +396,8 @@ class _Parser:
         for key in raw:
             if key not in comp.params:
                 known = ", ".join(comp.params) or "none"
-                raise self.error((*path, key), f"{comp.name} has no parameter {key!r} (parameters: {known})")
+                note = self.registry.failure_note(comp.name, only_about=True)  # another plugin's of that name?
+                raise self.error((*path, key), f"{comp.name} has no parameter {key!r} (parameters: {known}){note}")
         return {key: self.domain(param, raw.get(key), (*path, key)) for key, param in comp.params.items()}
 
     def domain(self, param: Param, raw: Any, path: tuple) -> Domain:
@@ -419,7 +420,9 @@ class _Parser:
         try:
             return comp.params[key].check(raw)
         except DomainError as exc:
-            raise self.error(path, str(exc)) from None
+            searched = isinstance(raw, (dict, list)) or raw == SEARCH_KEYWORD
+            message = f"a dataset's parameters are fixed, not searched: give one value ({exc})" if searched else exc
+            raise self.error(path, str(message)) from None
 
     def check_combinations(self, spec: SearchSpec) -> None:
         """Reject what can never run: a required component that is not offered, or a candidate that

@@ -68,6 +68,12 @@ CORPUS = [
         "space.yaml:4:",  # validate finds it, at the key
     ),
     (
+        "searched-dataset-parameter",
+        GOOD + "data: {dataset: digits, imbalance: {uniform: [1, 5]}}\n",
+        (),
+        "space.yaml:5:25: data.imbalance: a dataset's parameters are fixed, not searched: give one value",
+    ),
+    (
         "misspelt-key",
         GOOD.replace("pruner: none", "trails: 3"),
         (),

@@ -143,3 +143,33 @@ def test_the_checks_cost_one_look_at_the_first_forward(registry):
     model = build_model(_config(), registry=registry)
     model(torch.randn(2, 1, 8, 8))
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_a_training_method_hook_with_other_parameters_is_refused_where_it_is_defined():
+    with pytest.raises(TypeError, match=r"^WrongEnd.end_epoch\(self, model\): the trainer calls end_epoch\(self, "):
+
+        class WrongEnd(autonorm.TrainingMethod):
+            def end_epoch(self, model):
+                pass
+
+
+def test_a_method_named_almost_like_a_hook_is_refused_rather_than_never_called():
+    with pytest.raises(TypeError, match="Typo.after_backwards: not a TrainingMethod hook.*mean 'after_backward'"):
+
+        class Typo(autonorm.TrainingMethod):
+            def after_backwards(self, model):
+                pass
+
+
+def test_hooks_taking_what_the_trainer_passes_are_accepted():
+    class Fine(autonorm.TrainingMethod):
+        def end_epoch(self, model, epoch):
+            pass
+
+        def loss(self, *args):
+            return None
+
+        def helper(self):  # any other name
+            pass
+
+    Fine().end_epoch(None, 0)

@@ -268,6 +268,31 @@ def test_failure_note_shows_the_failures_that_name_the_component_and_counts_the_
     assert registry.failure_note("other") == " (4 plugins failed to load: `autonorm plugins` says why)"
 
 
+def test_an_error_about_a_name_another_plugin_took_says_so():
+    class First:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            return [Component(kind="activation", name="softclip", factory=lambda num_channels: None)]
+
+    class Second:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            factory = lambda num_channels, beta=1.0: None  # noqa: E731
+            return [Component(kind="activation", name="softclip", factory=factory, params={"beta": Float(1, 0.1, 10)})]
+
+    registry = Registry()
+    registry.load_entry_points()
+    registry.register(First(), "first", "first-pkg 1.0")
+    registry.register(Second(), "second", "second-pkg 1.0")
+    with pytest.raises(autonorm.SpecError) as info:
+        autonorm.load_spec({"space": {"activation": {"softclip": {"beta": 2}}}}, registry)
+    assert str(info.value) == (
+        "space.activation.softclip.beta: softclip has no parameter 'beta' (parameters: none) (plugin 'second' "
+        "failed to load: ValueError: activation 'softclip' is already registered by plugin 'first' (first-pkg); "
+        "this one is left out)"
+    )
+
+
 def test_a_component_without_a_docstring_has_no_summary_rather_than_its_base_classs():
     class Undocumented(torch.nn.Identity):
         pass
