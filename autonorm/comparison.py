@@ -39,9 +39,9 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
-from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, _locate, load_spec, placed, protocol_keys
+from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, load_spec, protocol_keys
 from autonorm.trainer import fit
-from autonorm.yamlfile import read_yaml
+from autonorm.yamlfile import locate, placed, read_yaml
 
 #: Cost columns reported beside accuracy, from the retrained runs.
 COST_KEYS = ("params", "train_seconds", "latency_ms")
@@ -220,11 +220,11 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
                 file=file,
             ) from None
         where, message = first_problem(exc, _Protocol)
-        line, col = _locate(tree, where)
+        line, col = locate(tree, where)
         raise SpecError(message, file=file, path=".".join(map(str, where)), line=line, column=col) from None
 
     def fail(path: tuple, message: str) -> SpecError:
-        line, col = _locate(tree, path)
+        line, col = locate(tree, path)
         return SpecError(message, file=file, path=".".join(map(str, path)), line=line, column=col)
 
     if proto.kind not in SEARCHED_KINDS:

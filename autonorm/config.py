@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autonorm.errors import SpecError, first_problem
-from autonorm.yamlfile import read_yaml
+from autonorm.yamlfile import placed, read_yaml
 
 
 class ComponentChoice(BaseModel):
@@ -74,7 +74,7 @@ class TrialConfig(BaseModel):
             return cls.model_validate(source)
         except ValidationError as exc:
             where, message = first_problem(exc, cls)
-            raise SpecError(message, file=file, path=".".join(map(str, where))) from None
+            raise placed(SpecError(message, path=".".join(map(str, where))), file) from None
 
     def summary(self) -> str:
         """``resnet | batchnorm | relu | avg | linear | kaiming``-style one-liner."""

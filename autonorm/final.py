@@ -32,6 +32,7 @@ from autonorm.registry import METHOD_KINDS, Registry, get_registry
 from autonorm.space import check_compatible
 from autonorm.spec import TRAIN_PARAMS
 from autonorm.trainer import fit
+from autonorm.yamlfile import placed
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
@@ -72,10 +73,8 @@ def train(
     config = config if isinstance(config, TrialConfig) else TrialConfig.load(config)
     try:
         return _train(config, Path(out_dir), registry or get_registry())
-    except SpecError as exc:  # a key of the configuration file: name the file too
-        if source and exc.path and not exc.file:
-            exc.file = source
-        raise
+    except SpecError as exc:  # a key of the configuration file: name the file, line and column too
+        raise (placed(exc, source) if exc.path else exc) from None
 
 
 def _train(config: TrialConfig, out: Path, registry: Registry) -> TrainedModel:
@@ -85,7 +84,7 @@ def _train(config: TrialConfig, out: Path, registry: Registry) -> TrainedModel:
         raise SpecError(exc.args[0], path="dataset.name") from None
     data = load_data(config.dataset, config.val_fraction, config.test_fraction, config.data_seed, registry)
     if len(data.x_test) == 0:
-        raise SpecError("no test split to score the final model on: use test_fraction > 0", path="data.test_fraction")
+        raise SpecError("no test split to score the final model on: use test_fraction > 0", path="test_fraction")
     full = Data(
         x_train=torch.cat([data.x_train, data.x_val]),
         y_train=torch.cat([data.y_train, data.y_val]),
@@ -198,11 +197,12 @@ def _check_fits(config: TrialConfig, data: Data) -> None:
 
 def _check_compatible(config: TrialConfig, registry: Registry) -> None:
     """The components of a hand-edited configuration must not rule each other out, as in a search."""
-    try:
-        chosen = {"model": registry.get("model", config.model.name)}
-        chosen |= {kind: registry.get(kind, c.name) for kind, c in config.components.items()}
-    except KeyError:  # an unknown name: build_model names it
-        return
+    chosen = {}
+    for kind, choice in [("model", config.model), *config.components.items()]:
+        try:
+            chosen[kind] = registry.get(kind, choice.name)
+        except KeyError as exc:
+            raise SpecError(exc.args[0], path="model.name" if kind == "model" else f"components.{kind}.name") from None
     try:
         check_compatible(chosen)
     except Incompatible as exc:

@@ -24,7 +24,7 @@ from autonorm.errors import SpecError, first_problem
 from autonorm.params import Categorical, Choice, Domain, DomainError, FilePath, Fixed, Float, Int, Param, parse_domain
 from autonorm.registry import KINDS, Component, Registry, get_registry, unknown_name_message
 from autonorm.storage import check_shareable, parse_url
-from autonorm.yamlfile import read_yaml
+from autonorm.yamlfile import locate, placed, read_yaml
 
 #: Kinds a search space chooses among, with the component used when the space does not mention them.
 SEARCHED_KINDS = {
@@ -303,7 +303,7 @@ class _Parser:
         self.file, self.tree, self.registry, self.folder = file, tree, registry, folder
 
     def error(self, path: tuple, message: str) -> SpecError:
-        line, col = _locate(self.tree, path)
+        line, col = locate(self.tree, path)
         dotted = ".".join(str(p) for p in path) or None
         return SpecError(message, file=self.file, path=dotted, line=line, column=col)
 
@@ -451,42 +451,6 @@ class _Parser:
                         raise self.error(
                             path, f"{cand.name} cannot be combined with {ekind} {ename!r}, the only {ekind} offered"
                         )
-
-
-def placed(exc: SpecError, file: str | os.PathLike | None, under: tuple = ()) -> SpecError:
-    """``exc``, about a key of data read from ``file`` (under the key path ``under``), with that file,
-    line and column. A key's path may end in what it named: ``data.path (my.npz)``."""
-    if exc.file is not None or file is None:
-        return exc
-    keys = tuple(int(k) if k.isdigit() else k for k in (exc.path or "").split(" (")[0].split(".") if k)
-    try:
-        _, tree = read_yaml(file, "file")
-    except SpecError:
-        tree = None
-    exc.file = str(file)
-    exc.line, exc.column = _locate(tree, (*under, *keys)) if keys else (None, None)
-    exc.path = ".".join(str(k) for k in (*under, exc.path or "") if k != "") or None
-    return exc
-
-
-def _locate(node: yaml.Node | None, path: tuple) -> tuple[int | None, int | None]:
-    """Line and column (1-based) of the deepest node of ``path`` present in the composed YAML tree."""
-    if node is None:
-        return None, None
-    found = node
-    for depth, key in enumerate(path, 1):
-        nxt = None
-        if isinstance(found, yaml.MappingNode):
-            for k, v in found.value:
-                if k.value == str(key):
-                    nxt = k if depth == len(path) else v
-                    break
-        elif isinstance(found, yaml.SequenceNode) and isinstance(key, int) and key < len(found.value):
-            nxt = found.value[key]
-        if nxt is None:
-            break
-        found = nxt
-    return found.start_mark.line + 1, found.start_mark.column + 1
 
 
 __all__ = ["SearchSpec", "SearchSettings", "Candidate", "load_spec", "SEARCHED_KINDS", "TRAIN_PARAMS", "KINDS"]

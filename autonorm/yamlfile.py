@@ -11,6 +11,7 @@ the safe tags are understood: nothing in a file is run as code.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,39 @@ def _refuse_repeated_keys(
         for item in node.value:
             _refuse_repeated_keys(item, file, inside, checked)
     checked.add(id(node))
+
+
+def placed(exc: SpecError, file: str | os.PathLike | None, under: tuple = ()) -> SpecError:
+    """``exc``, about a key of data read from ``file`` (under the key path ``under``), with that file,
+    line and column. A key's path may end in what it named: ``data.path (my.npz)``."""
+    if exc.file is not None or file is None:
+        return exc
+    keys = tuple(int(k) if k.isdigit() else k for k in (exc.path or "").split(" (")[0].split(".") if k)
+    try:
+        _, tree = read_yaml(file, "file")
+    except SpecError:
+        tree = None
+    exc.file = str(file)
+    exc.line, exc.column = locate(tree, (*under, *keys)) if keys else (None, None)
+    exc.path = ".".join(str(k) for k in (*under, exc.path or "") if k != "") or None
+    return exc
+
+
+def locate(node: yaml.Node | None, path: tuple) -> tuple[int | None, int | None]:
+    """Line and column (1-based) of the deepest node of ``path`` present in the composed YAML tree."""
+    if node is None:
+        return None, None
+    found = node
+    for depth, key in enumerate(path, 1):
+        nxt = None
+        if isinstance(found, yaml.MappingNode):
+            for k, v in found.value:
+                if k.value == str(key):
+                    nxt = k if depth == len(path) else v
+                    break
+        elif isinstance(found, yaml.SequenceNode) and isinstance(key, int) and key < len(found.value):
+            nxt = found.value[key]
+        if nxt is None:
+            break
+        found = nxt
+    return found.start_mark.line + 1, found.start_mark.column + 1

@@ -6,6 +6,7 @@ except where the storage left intact is the point."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -326,6 +327,8 @@ EDITED_CONFIGS = [
     ("model.params.foo", 1, "model.params.foo: unknown hyperparameter of small_cnn 'foo'"),
     ("num_classes", 3, "num_classes: 3 does not match the data's 10"),
     ("dataset.name", "cifar11", "dataset.name: unknown dataset 'cifar11'; did you mean 'cifar10'?"),
+    ("components.activation.name", "rellu", "components.activation.name: unknown activation 'rellu'; did you mean"),
+    ("test_fraction", 0.0, "test_fraction: no test split to score the final model on"),
     ("seed", -5, "seed: Input should be greater than or equal to 0"),
     ("val_fraction", 1.5, "val_fraction: Input should be less than 1"),
     ("input_shape", [1, 1, 8, 8], "input_shape: Tuple should have at most 3 items"),
@@ -348,8 +351,8 @@ def test_train_on_a_hand_edited_configuration_is_a_clear_error_before_training(
     assert main(["train", str(tmp_path / "best.yaml"), "-o", str(tmp_path / "out")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: ") and message in err, err
-    if message.startswith(key.split(".")[0]):  # an error at a key names the file too
-        assert err.startswith(f"error: {tmp_path / 'best.yaml'}: "), err
+    if message.startswith(key.split(".")[0]):  # an error at a key names the file, line and column too
+        assert re.match(rf"error: {re.escape(str(tmp_path / 'best.yaml'))}:\d+:\d+: ", err), err
     assert not (tmp_path / "out" / "model.pt").exists()
 
 
