@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -84,7 +85,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         with guard:
             results = search(spec, registry=registry, callbacks=[reporter.callback, *stop])
         console.print(display.summary(results))
-        return 0
+        return _outcome(results)
     if args.quiet:
         with guard:
             results = search(spec, registry=registry, callbacks=stop)
@@ -93,7 +94,15 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
             results = search(spec, registry=registry, callbacks=[progress.callback, *stop])
     _print_results(results, args.top, console)
     console.print(display.best_panel(results.best, results.objective))
-    return 0
+    return _outcome(results)
+
+
+def _outcome(results: StudyResults) -> int:
+    """The exit code of a search: 1 when no trial completed (for scripts and CI), else 0."""
+    if results.best is not None:
+        return 0
+    _error(f"study {results.name}: no trial completed; the reasons are listed with `autonorm results {results.name}`")
+    return 1
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> int:
@@ -170,7 +179,8 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
 def _print_results(results: StudyResults, top: int, console: Console) -> None:
     """Summary, leaderboard, failed trials and (multi-objective) Pareto front: what search and results print."""
     console.print(display.summary(results))
-    console.print(display.leaderboard_table(results, top))
+    if results.leaderboard(1):
+        console.print(display.leaderboard_table(results, top))
     failed = display.failed_table(results)
     if failed is not None:
         console.print(failed)
@@ -402,8 +412,14 @@ def _error(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    """A warning as one line, without the source line Python quotes (a plugin's tracker that raised)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _warning_line
     # piped output (logs, CI) gets room for the tables; a terminal or $COLUMNS sets its own width
     console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
     try:

@@ -197,8 +197,11 @@ class StudyResults:
         return min(feasible, key=lambda t: (sign * t.metrics[by], t.number), default=None)
 
     def failures(self) -> list[TrialRecord]:
-        """Failed trials and those rejected for a reason (diverged, incompatible), each configuration once."""
-        return [t for t in self.trials if t.state == "failed" or (t.rejected and t.repeat_of is None)]
+        """Failed trials and those rejected for a reason (diverged, incompatible), each configuration once;
+        not those that are run again (interrupted, or whose process stopped), which the counts show."""
+        return [
+            t for t in self.trials if (t.state == "failed" and t.counts_as_done) or (t.rejected and t.repeat_of is None)
+        ]
 
     def failure_groups(self) -> list[tuple[list[int], str | None, str | None]]:
         """The failures as (trial numbers, configuration one-liner, reason), trials that chose the same

@@ -3,6 +3,7 @@ the others call the same entry point in-process, because each new process spends
 
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,7 @@ space: {normalization: [none, batchnorm], training: [enorm]}
 train: {epochs: 1}
 search: {trials: 6, sampler: random, seed: 0}
 """
-    cli("search", str(write(tmp_path / "rejected.yaml", space)), "-q")
+    cli("search", str(write(tmp_path / "rejected.yaml", space)), "-q", code=1)  # every trial incompatible
     rejected = next(t for t in autonorm.load_study("rejected").trials if t.config is None)
     _, err = cli("best", "rejected", "--trial", str(rejected.number), code=2)
     assert f"trial {rejected.number} did not train to a result: incompatible: training enorm requires" in err
@@ -204,7 +205,8 @@ def test_best_of_a_study_without_completed_trials(tmp_path, cli):
         tmp_path / "t.yaml",
         TINY_SPACE.replace("trials: 3", "trials: 1").replace("lr: {loguniform: [0.01, 0.2]}", "lr: 1.0e+30"),
     )
-    cli("search", str(space), "-q")
+    _, err = cli("search", str(space), "-q", code=1)  # scripts and CI see that nothing came of it
+    assert "error: study tiny: no trial completed; the reasons are listed with `autonorm results tiny`" in err
     for args in ([], ["--by", "val_loss"], ["--max", "latency_ms=1"]):
         _, err = cli("best", "tiny", *args, code=2)
         assert "study tiny: no completed trial yet" in err, args
@@ -220,3 +222,9 @@ def test_best_of_a_study_without_completed_trials(tmp_path, cli):
 def test_bad_command_line_values_are_usage_errors(args, message):
     proc = run_cli(*args, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_warning_is_one_line_without_the_quoted_source(tmp_path, cli):
+    cli("validate", str(write(tmp_path / "tiny.yaml", TINY_SPACE)))  # main installs the format
+    shown = warnings.formatwarning(UserWarning("plugin 't': autonorm_trial_reported raised"), UserWarning, "o.py", 58)
+    assert shown == "warning: plugin 't': autonorm_trial_reported raised\n"
