@@ -34,7 +34,7 @@ def search(
 
     >>> results = autonorm.search("search_spaces/quickstart.yaml")  # doctest: +SKIP
     >>> results.best.config.summary()  # doctest: +SKIP
-    'resnet | groupnorm | relu | avg | linear | kaiming'
+    'resnet | groupnorm | relu | avg | strided_conv | linear | kaiming | none | none'
     """
     registry = registry or get_registry()
     spec = source if isinstance(source, SearchSpec) else load_spec(source, registry)

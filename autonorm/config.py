@@ -77,5 +77,6 @@ class TrialConfig(BaseModel):
             raise placed(SpecError(message, path=".".join(map(str, where))), file) from None
 
     def summary(self) -> str:
-        """``resnet | batchnorm | relu | avg | linear | kaiming``-style one-liner."""
+        """The chosen names, model first, then one per kind in order: ``resnet | batchnorm | relu | avg |
+        strided_conv | linear | kaiming | none | none`` (the last two: augmentation and training method)."""
         return " | ".join([self.model.name, *(c.name for c in self.components.values())])

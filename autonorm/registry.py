@@ -255,7 +255,7 @@ class Registry:
         try:
             self.plugin_manager.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            self.failures.append(PluginFailure(name, package, str(exc)))
+            self.failures.append(PluginFailure(name, package, f"{exc} (none of its components is loaded)"))
             return
         if problem := _hook_problem(plugin, self.plugin_manager.get_hookcallers(plugin) or []):
             self.failures.append(PluginFailure(name, package, problem))
@@ -334,7 +334,15 @@ def _hook_problem(plugin: Any, callers: list[pluggy.HookCaller]) -> str | None:
     """Why a registered plugin will never be called, or None: it implements a hook autonorm does not
     have (a misspelt name), or none at all."""
     known = [name for name in vars(hookspecs) if name.startswith("autonorm_")]
-    unknown = [caller.name for caller in callers if not caller.has_spec()]
+
+    def function(name: str) -> Any:  # a method's function: each lookup makes a new bound method
+        member = getattr(plugin, name, None)
+        return getattr(member, "__func__", member)
+
+    implemented = [function(name) for name in known if hasattr(plugin, name)]
+    unknown = [  # a second name for an implemented hook (``_orig = autonorm_components``) is no mistake
+        caller.name for caller in callers if not caller.has_spec() and function(caller.name) not in implemented
+    ]
     if unknown:
         return "; ".join(unknown_name_message("hook", hook, known) for hook in unknown)
     if callers:

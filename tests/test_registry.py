@@ -299,3 +299,16 @@ def test_a_component_without_a_docstring_has_no_summary_rather_than_its_base_cla
 
     assert Component(kind="normalization", name="u", factory=Undocumented).summary == ""
     assert "Batch Normalization" in autonorm.get_registry().get("normalization", "batchnorm").summary
+
+
+def test_a_second_name_for_a_hook_is_no_failure():
+    class Aliased:
+        @autonorm.hookimpl
+        def autonorm_components(self):
+            return [Component(kind="pooling", name="aliased_pool", factory=lambda: None)]
+
+        _orig = autonorm_components
+
+    registry = Registry()
+    registry.register(Aliased(), "aliased")
+    assert registry.failures == [] and ("pooling", "aliased_pool") in registry
