@@ -57,7 +57,8 @@ class _Protocol(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=120)
     kind: str
-    candidates: list[str] | None = None
+    #: names, or names with each one's own hyperparameters as in a space (``{groupnorm: {groups: [2, 4]}}``)
+    candidates: list[str] | dict[str, dict[str, Any] | None] | None = None
     baseline: str | None = None
     tasks: list[_Task] = Field(min_length=1)
     model: dict[str, Any] = {"backbone": "resnet"}
@@ -229,14 +230,16 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
 
     if proto.kind not in SEARCHED_KINDS:
         raise fail(("kind",), unknown_name_message("kind", proto.kind, SEARCHED_KINDS))
-    if proto.candidates == []:
-        raise fail(("candidates",), "an empty list; leave the key out to compare every installed one")
-    candidates = proto.candidates or registry.names(proto.kind)
+    if proto.candidates is not None and not proto.candidates:
+        raise fail(("candidates",), "empty; leave the key out to compare every installed one")
+    own = {} if not isinstance(proto.candidates, dict) else {n: p or {} for n, p in proto.candidates.items()}
+    candidates = list(proto.candidates or registry.names(proto.kind))
     for i, name in enumerate(candidates):
+        where = ("candidates", name if own else i)
         if (proto.kind, name) not in registry:
-            raise fail(("candidates", i), unknown_name_message(proto.kind, name, registry.names(proto.kind)))
+            raise fail(where, unknown_name_message(proto.kind, name, registry.names(proto.kind)))
         if name in candidates[:i]:
-            raise fail(("candidates", i), f"{name!r} is listed twice")
+            raise fail(where, f"{name!r} is listed twice")
     for i, task in enumerate(proto.tasks):
         if task.name in [t.name for t in proto.tasks[:i]]:
             raise fail(("tasks", i, "name"), f"task name {task.name!r} is used twice (each task has its own studies)")
@@ -249,7 +252,7 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
     specs = {}
     for i, task in enumerate(proto.tasks):
         for cand in candidates:
-            space = {**proto.space, proto.kind: [cand]}
+            space = {**proto.space, proto.kind: {cand: own.get(cand, {})}}
             raw_spec = {
                 "name": f"{proto.name}.{task.name}.{cand}",
                 "data": task.data,
@@ -261,10 +264,12 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
             try:
                 specs[task.name, cand] = load_spec(raw_spec, registry, folder)
             except SpecError as exc:
-                if exc.path and exc.path.startswith(f"space.{proto.kind}."):
+                own_key = (exc.path or "").split(".")[3:]  # a candidate's own hyperparameter, as the protocol gave it
+                if exc.path and exc.path.startswith(f"space.{proto.kind}.") and not own_key:
                     specs[task.name, cand] = exc  # an incompatible candidate: shown in its cell
                     continue
-                raise fail(_protocol_path(exc.path, i, proto), exc.message) from None
+                where = ("candidates", cand, *own_key) if own_key else _protocol_path(exc.path, i, proto)
+                raise fail(where, exc.message) from None
     return proto, specs
 
 

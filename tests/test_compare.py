@@ -14,6 +14,7 @@ import autonorm.comparison as compare_module
 from autonorm import Registry, SpecError, display
 from autonorm.cli import main
 from autonorm.comparison import Cell, Comparison, holm, load_comparison, load_protocol
+from autonorm.params import Fixed
 from tests.conftest import run_cli, write
 from tests.helpers import registry_with_test_components
 
@@ -166,6 +167,16 @@ def test_relative_task_paths_are_read_from_the_protocol_file_folder(tmp_path):
     assert specs["own", "batchnorm"].data_params["path"] == str(tmp_path / "protocols" / "a.npz")
 
 
+def test_candidates_may_tune_their_own_hyperparameters_with_the_same_budget():
+    protocol = {**PROTOCOL, "candidates": {"batchnorm": None, "groupnorm": {"groups": [2, 4]}}, "baseline": None}
+    proto, specs = load_protocol(protocol, registry_with_test_components())
+    assert proto.candidates == ["batchnorm", "groupnorm"]
+    (groupnorm,) = specs["digits", "groupnorm"].space["normalization"]
+    assert groupnorm.params["groups"].choices == (2, 4) and specs["digits", "groupnorm"].search.trials == 1
+    (batchnorm,) = specs["digits", "batchnorm"].space["normalization"]
+    assert all(isinstance(d, Fixed) for d in batchnorm.params.values())
+
+
 def test_protocol_errors_name_the_place(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("name: p\nkind: normalization\ncandidates: [batchnorm, gropnorm]\ntasks: [{name: d, data: {}}]\n")
@@ -183,7 +194,9 @@ def test_protocol_errors_name_the_place(tmp_path):
     for protocol, message in [
         ({"tasks": twice}, "tasks.1.name: task name 'd' is used twice"),
         ({"candidates": ["batchnorm", "explode", "batchnorm"]}, "candidates.2: 'batchnorm' is listed twice"),
-        ({"candidates": [], "baseline": None}, "candidates: an empty list; leave the key out"),
+        ({"candidates": [], "baseline": None}, "candidates: empty; leave the key out"),
+        ({"candidates": {"groupnorm": {"groups": -1}}, "baseline": None}, "candidates.groupnorm.groups: expected at"),
+        ({"candidates": {"batchnorm": None, "gropnorm": {}}, "baseline": None}, "candidates.gropnorm: unknown norm"),
         ({"model": {"backbone": "smal_cnn"}}, "model.backbone: unknown model 'smal_cnn'"),
         ({"space": {"normalization": ["layernorm"]}}, "space.normalization: the candidates are the normalization"),
     ]:
