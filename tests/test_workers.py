@@ -23,7 +23,7 @@ from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR
 from autonorm.cli import main
 from autonorm.interrupts import interrupt_once
 from autonorm.results import STOPPED, TrialRecord
-from autonorm.storage import open_storage
+from autonorm.storage import MAX_RERUNS, open_storage, rerun_stale
 from tests.conftest import AUTONORM, write
 from tests.pg import postgres_url  # noqa: F401 - a fixture
 
@@ -109,10 +109,32 @@ def test_a_killed_worker_trial_is_retried_by_another_and_none_is_lost(tmp_path, 
     killed = next(t for t in trials if t.number == victim.number)
     assert killed.state == optuna.trial.TrialState.FAIL and "fail_reason" not in killed.user_attrs
     assert TrialRecord.from_frozen(killed).reason == STOPPED  # what results and the report show for it
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retried) == 1 and retried[0] in done and retried[0].params == victim.params
     assert not [t for t in trials if t.state.is_finished() is False]
     assert len({t.number for t in done}) == 3
+
+
+def test_a_stale_trial_runs_again_without_the_killed_trials_rungs_and_at_most_three_times():
+    """Optuna's own retry copied every attribute, ASHA's rungs among them: the copy skipped rung 0."""
+    study = optuna.create_study(direction="maximize")
+    norm = optuna.distributions.CategoricalDistribution(["batchnorm", "groupnorm"])
+    killed = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL,
+        params={"normalization": "groupnorm"},
+        distributions={"normalization": norm},
+        system_attrs={"completed_rung_0": 0.9}, user_attrs={"worker": "host:1", "config": {}},
+    )  # fmt: skip
+    study.add_trial(killed)
+    rerun_stale(study, study.trials[0])
+    (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert waiting.user_attrs == {"retry_of": 0} and waiting.system_attrs == {"fixed_params": killed.params}
+    failed = 0
+    for _ in range(MAX_RERUNS):  # each rerun killed in turn; the third is not run again
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"retry_of": failed}))
+        failed = study.trials[-1].number
+        rerun_stale(study, study.trials[-1])
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == MAX_RERUNS
 
 
 @pytest.mark.parametrize("resumed_by", ["worker", "search"])
