@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import optuna
@@ -61,6 +61,7 @@ def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
     model_keys = sorted({k for c in configs for k in c.model.params})
     model_keys = [k for k in model_keys if len({repr(c.model.params.get(k)) for c in configs}) > 1]
     kinds = [k for k in SEARCHED_KINDS if len({_choice(c.components.get(k)) for c in configs}) > 1]
+    varying = {kind: _varying(configs, kind) for kind in kinds}
     train_keys = [k for k in TRAIN_PARAMS if len({repr(c.train.get(k)) for c in configs}) > 1]
     epochs = ["epochs"] if len({c.epochs for c in configs}) > 1 else []  # a space edited between sessions
     table = Table(
@@ -84,7 +85,7 @@ def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
             *(["yes" if t.number in pareto else ""] if pareto is not None else []),
             *(_metric(key, values[i] if i < len(values) else None) for i, key in enumerate(results.objectives)),
             *(_fmt(model.get(key), 3) for key in model_keys),
-            *(_choice(comps.get(kind)) for kind in kinds),
+            *(_choice(comps.get(kind), varying[kind]) for kind in kinds),
             *(_fmt(train.get(key), 3) for key in train_keys),
             *([str(t.config.epochs) if t.config else "-"] if epochs else []),
             *(_metric(key, t.metrics.get(key), 3) for key, _ in costs),
@@ -157,11 +158,23 @@ class JsonLinesReporter:
         stream.flush()
 
 
-def _choice(choice: Any) -> str:
+def _choice(choice: Any, shown: Callable[[str, str], bool] = lambda name, key: True) -> str:
+    """``name(key=value, ...)`` of a component choice, with the hyperparameters ``shown`` keeps."""
     if choice is None:
         return "-"
-    params = ", ".join(f"{k}={_fmt(v, 3)}" for k, v in choice.params.items())
+    params = ", ".join(f"{k}={_fmt(v, 3)}" for k, v in choice.params.items() if shown(choice.name, k))
     return f"{choice.name}({params})" if params else choice.name
+
+
+def _varying(configs: list[Any], kind: str) -> Callable[[str, str], bool]:
+    """Whether a component's hyperparameter takes more than one value among the configurations that chose
+    it: a leaderboard column shows those only (``groupnorm(groups=4)``, not ``elu(alpha=1)`` every row)."""
+    values: dict[tuple[str, str], set[str]] = {}
+    for config in configs:
+        choice = config.components.get(kind)
+        for key, value in (choice.params.items() if choice is not None else ()):
+            values.setdefault((choice.name, key), set()).add(repr(value))
+    return lambda name, key: len(values.get((name, key), ())) > 1
 
 
 def failed_table(results: StudyResults) -> Table | None:

@@ -151,9 +151,14 @@ def test_multi_objective_search_shows_the_pareto_front(multi_study, cli):
 
 def test_the_leaderboard_shows_every_objective_and_the_model_hyperparameters_that_vary():
     def record(n: int, width: int, values: tuple[float, float]) -> TrialRecord:
+        components = {
+            "normalization": {"name": "groupnorm", "params": {"groups": width // 4, "eps": 1e-5}},
+            "activation": {"name": ("elu", "relu")[n], "params": {"alpha": 1.0} if n == 0 else {}},
+        }
         config = autonorm.TrialConfig(
             dataset={"name": "digits"}, val_fraction=0.2, test_fraction=0.2, input_shape=(1, 8, 8), num_classes=10,
-            model={"name": "small_cnn", "params": {"width": width, "depth": 1}}, components={}, epochs=2, train={},
+            model={"name": "small_cnn", "params": {"width": width, "depth": 1}}, components=components, epochs=2,
+            train={},
         )  # fmt: skip
         metrics = {"val_accuracy": values[0], "latency_ms": values[1], "params": 1442.0, "train_seconds": 0.5}
         return TrialRecord(n, "complete", values[0], config, metrics, values=values)
@@ -165,9 +170,12 @@ def test_the_leaderboard_shows_every_objective_and_the_model_hyperparameters_tha
     Console(file=screen, width=250, color_system=None).print(display.leaderboard_table(results))
     header = screen.getvalue().splitlines()[2]
     assert [h.strip() for h in header.strip("┃").split("┃")] == [
-        "#", "trial", "state", "pareto", "val_accuracy", "latency_ms", "width", "params", "train s"
+        "#", "trial", "state", "pareto", "val_accuracy", "latency_ms", "width", "normalization", "activation",
+        "params", "train s",
     ]  # fmt: skip
-    assert "0.03" in screen.getvalue() and "1442 " in screen.getvalue()
+    shown = screen.getvalue()
+    assert "0.03" in shown and "1442 " in shown
+    assert "groupnorm(groups=2)" in shown and "eps" not in shown and "alpha" not in shown  # only what varies
 
 
 def test_best_with_a_bound_or_a_trial_number(multi_study, cli, tmp_path):
