@@ -302,8 +302,10 @@ def cmd_check_plugin(args: argparse.Namespace, console: Console) -> int:
 def _print_comparison(comparison: Comparison, console: Console) -> None:
     console.print(display.comparison_table(comparison))
     friedman = comparison.friedman()
+    left_out = [c for c in comparison.candidates if c not in comparison.friedman_candidates()]
+    without = f" (without {', '.join(left_out)}, which failed on a task)" if friedman and left_out else ""
     console.print(
-        f"Friedman test over tasks: chi2 = {friedman[0]:.3f}, p = {friedman[1]:.4g}"
+        f"Friedman test over tasks: chi2 = {friedman[0]:.3f}, p = {friedman[1]:.4g}{without}"
         if friedman
         else "Friedman test over tasks: needs at least 2 tasks and 3 candidates that completed them all"
     )
@@ -313,8 +315,12 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     def show(cell) -> None:
         console.print(f"  {cell.task} / {cell.candidate}: {cell.shown(4)}", highlight=False)
 
-    _print_comparison(compare(args.protocol, on_cell=None if args.quiet else show), console)
-    return 0
+    comparison = compare(args.protocol, on_cell=None if args.quiet else show)
+    _print_comparison(comparison, console)
+    if any(cell.mean is not None for cell in comparison.cells.values()):
+        return 0
+    _error(f"comparison {comparison.name}: no candidate has a result on any task; each cell says why")
+    return 1
 
 
 def positive(text: str) -> int:

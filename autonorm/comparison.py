@@ -19,6 +19,8 @@ the tasks' mean accuracies, Holm-corrected over the candidates.
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,7 +41,7 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
-from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, load_spec, protocol_keys
+from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, load_spec, name_from_file, protocol_keys
 from autonorm.trainer import fit
 from autonorm.yamlfile import locate, placed, read_yaml
 
@@ -70,8 +72,8 @@ class _Protocol(BaseModel):
     search: dict[str, Any] = {}
 
 
-#: The error of a cell whose pair has no study yet.
-NOT_RUN = "not run yet"
+#: The error of a cell whose pair has no study yet, and the start of one whose seeds are not all run.
+NOT_RUN, NOT_FINISHED = "not run yet", "not finished"
 
 
 def _stats() -> Any:
@@ -94,7 +96,20 @@ class Cell:
 
     @property
     def mean(self) -> float | None:
-        return float(np.mean(self.accuracies)) if self.accuracies else None
+        """The mean test accuracy of the seeds that finished; exactly summed and rounded, so that equal
+        accuracies in another order tie rather than differ in the last bit."""
+        return round(math.fsum(self.accuracies) / len(self.accuracies), 12) if self.accuracies else None
+
+    @property
+    def result(self) -> float | None:
+        """The mean the statistics use: only of a cell whose every seed finished (a method that failed on
+        some seeds is not ranked on the others alone)."""
+        return self.mean if self.error is None else None
+
+    @property
+    def pending(self) -> bool:
+        """Not run yet, or not finished: no result yet, rather than a failure."""
+        return self.error is not None and (self.error == NOT_RUN or self.error.startswith(NOT_FINISHED))
 
     @property
     def ci95(self) -> float | None:
@@ -110,7 +125,8 @@ class Cell:
         if self.mean is None:
             return f"failed: {self.error}"
         ci = self.ci95
-        return f"{self.mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
+        shown = f"{self.mean:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
+        return shown if self.error is None else f"{shown} ({self.error})"
 
 
 @dataclass
@@ -125,33 +141,48 @@ class Comparison:
     cells: dict[tuple[str, str], Cell]
     seeds: int = 3
 
+    def ranked_tasks(self) -> list[str]:
+        """The tasks the statistics use: every cell has run, and at least one has a result (a task where
+        every candidate failed says nothing about their order)."""
+        cells = [[self.cells[t, c] for c in self.candidates] for t in self.tasks]
+        return [
+            t
+            for t, row in zip(self.tasks, cells, strict=True)
+            if not any(c.pending for c in row) and any(c.result is not None for c in row)
+        ]
+
     def average_ranks(self) -> dict[str, float]:
-        """Mean over tasks of each candidate's rank by mean accuracy (failed cells rank last); only the
-        tasks whose every cell has run count (NaN while none has)."""
+        """Mean over the ranked tasks of each candidate's rank by mean accuracy (failed cells rank last,
+        ties share their mean rank); NaN while no task is ranked."""
         ranks: dict[str, list[float]] = {c: [] for c in self.candidates}
-        for task in self.tasks:
-            if any(self.cells[task, c].error == NOT_RUN for c in self.candidates):
-                continue
-            scores = [self.cells[task, c].mean for c in self.candidates]
+        for task in self.ranked_tasks():
+            scores = [self.cells[task, c].result for c in self.candidates]
             ranked = _stats().rankdata([-(s if s is not None else -math.inf) for s in scores])
             for c, r in zip(self.candidates, ranked, strict=True):
                 ranks[c].append(float(r))
         return {c: float(np.mean(r)) if r else math.nan for c, r in ranks.items()}
 
     def friedman(self) -> tuple[float, float] | None:
-        """Friedman chi-square and p-value over tasks, or None when it does not apply."""
-        ok = [c for c in self.candidates if all(self.cells[t, c].mean is not None for t in self.tasks)]
-        if len(self.tasks) < 2 or len(ok) < 3:
+        """Friedman chi-square and p-value over the ranked tasks, among the candidates with a result on
+        each (:meth:`friedman_candidates`), or None when it does not apply."""
+        tasks, ok = self.ranked_tasks(), self.friedman_candidates()
+        if len(tasks) < 2 or len(ok) < 3:
             return None
-        result = _stats().friedmanchisquare(*[[self.cells[t, c].mean for t in self.tasks] for c in ok])
+        result = _stats().friedmanchisquare(*[[self.cells[t, c].result for t in tasks] for c in ok])
         return float(result.statistic), float(result.pvalue)
+
+    def friedman_candidates(self) -> list[str]:
+        """The candidates with a result on every ranked task: the Friedman test compares those only."""
+        tasks = self.ranked_tasks()
+        return [c for c in self.candidates if all(self.cells[t, c].result is not None for t in tasks)]
 
     def versus_baseline(self) -> dict[str, float]:
         """Holm-corrected p-values of a Wilcoxon signed-rank test of each candidate against the baseline
         on their mean test accuracies over the tasks both have results on: one paired difference per
         task, as Demšar (2006, section 3.1.3) compares two classifiers over data sets (seed i of one
         candidate and seed i of the other are not a pair, and the seeds of one task are not independent
-        data sets). With n tasks the smallest two-sided p-value is 2 / 2^n: below 0.05 from 6 tasks on."""
+        data sets). With n tasks the smallest two-sided p-value is 2 / 2^n, before Holm's correction
+        multiplies it by up to the number of candidates tested: none with fewer than two paired tasks."""
         if self.baseline is None:
             return {}
         raw = {}
@@ -159,8 +190,8 @@ class Comparison:
             if c == self.baseline:
                 continue
             cells = [(self.cells[t, c], self.cells[t, self.baseline]) for t in self.tasks]
-            pairs = [(x.mean, y.mean) for x, y in cells if x.mean is not None and y.mean is not None]
-            if pairs:
+            pairs = [(x.result, y.result) for x, y in cells if x.result is not None and y.result is not None]
+            if len(pairs) >= 2:
                 a, b = zip(*pairs, strict=True)
                 raw[c] = float(_stats().wilcoxon(a, b).pvalue) if a != b else 1.0
         return holm(raw)
@@ -212,6 +243,8 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
     else:
         file, folder = str(source), Path(source).absolute().parent
         raw, tree = read_yaml(source, "protocol")
+    if file and isinstance(raw, dict) and protocol_keys(raw):  # named after its file, as a search space is
+        raw = {"name": name_from_file(file), **raw}
     try:
         proto = _Protocol.model_validate(raw if isinstance(raw, dict) else {})
     except ValidationError as exc:
@@ -244,11 +277,21 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
         if task.name in [t.name for t in proto.tasks[:i]]:
             raise fail(("tasks", i, "name"), f"task name {task.name!r} is used twice (each task has its own studies)")
     if proto.baseline is not None and proto.baseline not in candidates:
-        raise fail(("baseline",), f"baseline {proto.baseline!r} is not among the candidates {candidates}")
-    if proto.kind in proto.space:
-        message = f"the candidates are the {proto.kind} choices compared; leave {proto.kind} out of space"
-        raise fail(("space", proto.kind), message)
-    proto.candidates = candidates
+        close = difflib.get_close_matches(proto.baseline, candidates, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise fail(("baseline",), f"baseline {proto.baseline!r} is not among the candidates {candidates}{hint}")
+    for key in proto.space:
+        if key.split(".")[0] == proto.kind:
+            message = f"the candidates are the {proto.kind} choices compared; leave {proto.kind} out of space"
+            raise fail(("space", key), message + " (give a candidate's own hyperparameters under candidates)")
+    if "trials" in proto.search:
+        raise fail(("search", "trials"), "a comparison's tuning trials per pair are its top-level trials")
+    if "tune" not in proto.model_fields_set:  # the default tuning leaves alone what train fixes
+        proto.tune = {key: value for key, value in proto.tune.items() if key not in proto.train}
+    for key in proto.train.keys() & proto.tune.keys():
+        raise fail(("train", key), "also in tune: a training setting is fixed in train or tuned in tune, not both")
+    if not own:  # a mapping keeps each candidate's own hyperparameters; its keys are the candidates
+        proto.candidates = candidates
     specs = {}
     for i, task in enumerate(proto.tasks):
         for cand in candidates:
@@ -264,21 +307,22 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
             try:
                 specs[task.name, cand] = load_spec(raw_spec, registry, folder)
             except SpecError as exc:
-                own_key = (exc.path or "").split(".")[3:]  # a candidate's own hyperparameter, as the protocol gave it
-                if exc.path and exc.path.startswith(f"space.{proto.kind}.") and not own_key:
+                if exc.path == f"space.{proto.kind}.{cand}":
                     specs[task.name, cand] = exc  # an incompatible candidate: shown in its cell
                     continue
-                where = ("candidates", cand, *own_key) if own_key else _protocol_path(exc.path, i, proto)
-                raise fail(where, exc.message) from None
+                raise fail(_protocol_path(exc.path, i, proto, cand), exc.message) from None
     return proto, specs
 
 
-def _protocol_path(path: str | None, task: int, proto: _Protocol) -> tuple:
+def _protocol_path(path: str | None, task: int, proto: _Protocol, candidate: str | None = None) -> tuple:
     """Where in the protocol file a key of a pair's space is: its data in the task, its training settings
-    under ``train`` or ``tune``, the rest under the section of the same name."""
+    under ``train`` or ``tune``, the candidate's own hyperparameters under ``candidates``, the rest under
+    the section of the same name."""
     if not path:
         return ("tasks", task)
     section, *rest = path.split(".")
+    if section == "space" and rest[:1] == [proto.kind]:
+        return ("candidates", *([candidate, *rest[2:]] if isinstance(proto.candidates, dict) else []))
     if section == "data":
         return ("tasks", task, "data", *rest)
     if section == "train" and rest and rest[0] in proto.tune:
@@ -331,22 +375,90 @@ def _tuning_failure(trials: list[TrialRecord]) -> str:
 
 
 def _cell(task: str, cand: str, done: Mapping[str, dict], seeds: int) -> Cell:
-    """The cell of a pair from its stored seed results (a seed that is missing is reported)."""
+    """The cell of a pair from its stored seed results: a seed not run yet, or failed, is reported."""
     runs = [done[str(s)] for s in range(seeds) if str(s) in done]
     ok = [r for r in runs if "error" not in r]
     errors = [r["error"] for r in runs if "error" in r]
     if len(runs) < seeds:
-        errors.append(f"not finished: {len(runs)} of {seeds} seeds run")
+        error = f"{NOT_FINISHED}: {len(runs)} of {seeds} seeds run"
+    elif errors and ok:
+        error = f"{len(errors)} of {seeds} seeds failed: {errors[0]}"
+    else:
+        error = errors[0] if errors else None
     return Cell(
         task,
         cand,
         accuracies=[r["test_accuracy"] for r in ok],
         costs={k: float(np.mean([r[k] for r in ok])) for k in COST_KEYS} if ok else {},
-        error=errors[0] if errors else None,
+        error=error,
     )
 
 
-def tag_study(spec: SearchSpec, tags: Mapping[str, str]) -> None:
+def _seed_results(study: optuna.Study, best: TrialRecord) -> dict[str, dict]:
+    """The stored seed results of the pair's best trial: those of a trial that is no longer the best
+    (more tuning trials found a better setting) are not its results."""
+    stored = study.user_attrs.get("seed_results", {})
+    return {seed: r for seed, r in stored.items() if r.get("trial") == best.number}
+
+
+#: The user attribute holding what a pair ran with: its space, less the number of tuning trials.
+PAIR_ATTR = "pair"
+
+
+def pair_identity(spec: SearchSpec) -> dict[str, Any]:
+    """What a pair's numbers depend on: its search space as the protocol made it (data, model, training
+    settings and ranges, candidate, search settings), all but the number of tuning trials, which may grow."""
+    raw = json.loads(json.dumps(spec.raw, default=str))
+    raw.get("search", {}).pop("trials", None)
+    return raw
+
+
+def check_unchanged(
+    source: str | os.PathLike | Mapping[str, Any], proto: _Protocol, specs: Mapping[tuple[str, str], Any]
+) -> None:
+    """A pair's numbers come from the protocol it ran with: after a change to anything but ``trials`` and
+    ``seeds`` (which extend a comparison), its stored tuning and seeds would be shown, or extended, as if
+    they came from the new one. Refused, naming the key, rather than mixing two protocols in one table."""
+    file = None if isinstance(source, Mapping) else source
+    for i, task in enumerate(proto.tasks):
+        for cand in proto.candidates:
+            spec = specs[task.name, cand]
+            if not isinstance(spec, SearchSpec):
+                continue
+            try:
+                before = open_study(spec.name, spec.storage).user_attrs.get(PAIR_ATTR)
+            except SpecError:  # not run yet
+                continue
+            now = pair_identity(spec)
+            if before is None or before == now:
+                continue
+            key, old, new = _first_difference(before, now)
+            where = _protocol_path(key, i, proto, cand)
+            message = (
+                f"pair {task.name}/{cand} ran with {old!r}, the protocol now gives {new!r}: its numbers would mix "
+                "two protocols; set it back, or give the comparison another name"
+            )
+            raise placed(SpecError(message, path=".".join(map(str, where))), file)
+
+
+def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[str, Any, Any]:
+    """The first dotted key whose value differs between two nested mappings, and both values (None: absent)."""
+    flat_a, flat_b = _flat(a), _flat(b)
+    key = next(k for k in sorted(flat_a.keys() | flat_b.keys()) if flat_a.get(k) != flat_b.get(k))
+    return key, flat_a.get(key), flat_b.get(key)
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def tag_study(spec: SearchSpec, tags: Mapping[str, Any]) -> None:
     """Mark a pair's study with its comparison, kind, task and candidate (Optuna user attributes)."""
     study = open_search_study(spec)
     for key, value in tags.items():
@@ -364,13 +476,13 @@ def run_pair(
     if best is None:
         return Cell(task, cand, error=_tuning_failure(results.trials))
     study = open_search_study(spec)
-    done: dict[str, dict] = dict(study.user_attrs.get("seed_results", {}))
+    done = _seed_results(study, best)
     for seed in range(seeds):
         if str(seed) not in done:
             try:
-                done[str(seed)] = _retrain(spec, best.config, seed, registry)
+                done[str(seed)] = {"trial": best.number, **_retrain(spec, best.config, seed, registry)}
             except TrialFailed as exc:
-                done[str(seed)] = {"error": str(exc)}
+                done[str(seed)] = {"trial": best.number, "error": str(exc)}
             study.set_user_attr("seed_results", done)
     return _cell(task, cand, done, seeds)
 
@@ -383,13 +495,13 @@ def stored_pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
         if exc.path not in ("study", "storage"):  # an unreachable database is an error, not "not run yet"
             raise
         return Cell(task, cand, error=NOT_RUN)
-    done = study.user_attrs.get("seed_results", {})
-    if not done:
-        trials = results_of(study, spec.storage).trials
-        finished = [t for t in trials if t.state != "running"]
-        if len(finished) >= spec.search.trials and not any(t.state == "complete" for t in finished):
-            return Cell(task, cand, error=_tuning_failure(trials))
-    return _cell(task, cand, done, seeds)
+    results = results_of(study, spec.storage)
+    tuned = sum(t.counts_as_done for t in results.trials)
+    if tuned < spec.search.trials:
+        return Cell(task, cand, error=f"{NOT_FINISHED}: tuning, {tuned} of {spec.search.trials} trials run")
+    if results.best is None:
+        return Cell(task, cand, error=_tuning_failure(results.trials))
+    return _cell(task, cand, _seed_results(study, results.best), seeds)
 
 
 def compare(
@@ -407,9 +519,11 @@ def compare(
     proto, specs = load_protocol(source, registry)
     check_tasks(source, proto, specs, registry)
 
+    check_unchanged(source, proto, specs)
+
     def pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:
         tags = {"comparison": proto.name, "kind": proto.kind, "task": task, "candidate": cand}
-        return run_pair(task, cand, spec, seeds, registry, tags)
+        return run_pair(task, cand, spec, seeds, registry, {**tags, PAIR_ATTR: pair_identity(spec)})
 
     with _one_ray(specs.values()):
         return _table(proto, specs, pair, on_cell)
@@ -437,6 +551,7 @@ def _one_ray(specs: Iterable[SearchSpec | SpecError]) -> Iterator[None]:
 def load_comparison(source: str | os.PathLike | Mapping[str, Any], registry: Registry | None = None) -> Comparison:
     """The table of a comparison as far as it has run, read from its storage (nothing is trained)."""
     proto, specs = load_protocol(source, registry or get_registry())
+    check_unchanged(source, proto, specs)
     return _table(proto, specs, stored_pair)
 
 

@@ -259,19 +259,20 @@ class SearchProgress:
         self.progress.update(self.task, advance=1 if record.counts_as_done else 0, status=status + best)
 
 
-def _comparison_cell(cell: Any, seeds: int) -> str:
-    """``mean ± ci``; the seed count where fewer seeds than asked finished; the reason of a failure."""
+def _comparison_cell(cell: Any) -> str:
+    """``mean ± ci``, with the seeds that failed or did not run yet; the reason of a failure."""
     if cell.mean is None:
         return f"[red]{escape(cell.error or 'no result')}[/red]"
-    shown = cell.shown(3)
-    return shown if len(cell.accuracies) == seeds else f"{shown} [yellow](n={len(cell.accuracies)})[/yellow]"
+    return escape(cell.shown(3)) if cell.error is None else f"[yellow]{escape(cell.shown(3))}[/yellow]"
 
 
 def comparison_table(comparison: Any) -> Table:
     """Mean test accuracy +- 95% CI per task and candidate, average rank, p vs baseline and costs."""
     ranks = comparison.average_ranks()
     pvalues = comparison.versus_baseline()
-    caption = f"test accuracy, mean ± 95% CI over {comparison.seeds} seeds; rank 1 is best"
+    seeds = comparison.seeds
+    caption = f"test accuracy, mean ± 95% CI over {seeds} seeds" if seeds > 1 else "test accuracy of 1 seed"
+    caption += "; rank 1 is best"
     if comparison.baseline:
         caption += f"; p: Wilcoxon vs {comparison.baseline} over the tasks, Holm-corrected"
     table = Table(
@@ -280,14 +281,15 @@ def comparison_table(comparison: Any) -> Table:
         caption=caption,
         caption_justify="left",
     )
-    table.add_column(comparison.kind, no_wrap=True)
+    # every column may wrap: a narrow terminal or a log (120 columns) must not lose the last ones
+    table.add_column(comparison.kind, no_wrap=True, min_width=max(map(len, [comparison.kind, *comparison.candidates])))
     for task in comparison.tasks:
-        table.add_column(task, overflow="fold", min_width=13)
+        table.add_column(task, overflow="fold")
     for column in ("rank", "p", "params", "train s", "latency ms"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", overflow="fold")
     for cand in sorted(comparison.candidates, key=ranks.get):
         cells = [comparison.cells[t, cand] for t in comparison.tasks]
-        shown = [_comparison_cell(c, comparison.seeds) for c in cells]
+        shown = [_comparison_cell(c) for c in cells]
         mean_cost = comparison.mean_costs(cand)
         p = "baseline" if cand == comparison.baseline else _fmt(pvalues.get(cand), 3)
         table.add_row(

@@ -93,7 +93,7 @@ def _comparison_table(comparison: Comparison) -> str:
     rows = []
     for cand in sorted(comparison.candidates, key=ranks.get):
         cells = [comparison.cells[t, cand] for t in comparison.tasks]
-        shown = [c.shown(4) + (f" (n={len(c.accuracies)})" if c.mean is not None else "") for c in cells]
+        shown = [c.shown(4) for c in cells]  # with the seeds that failed or did not run yet, if any
         cost = comparison.mean_costs(cand)
         p = "baseline" if cand == comparison.baseline else _fmt(pvalues.get(cand))
         rank = "-" if math.isnan(ranks[cand]) else f"{ranks[cand]:.2f}"

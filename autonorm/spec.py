@@ -269,6 +269,12 @@ class SearchSpec:
 # ---------------------------------------------------------------- loading
 
 
+def name_from_file(file: str | os.PathLike | None) -> str:
+    """A study's default name: its file's stem in the characters a name takes (étude.yaml -> etude)."""
+    stem = unicodedata.normalize("NFKD", Path(file).stem if file else "autonorm").encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).lstrip("._-") or "autonorm"
+
+
 #: Top-level keys of a comparison protocol that a search space does not have.
 PROTOCOL_KEYS = ("kind", "candidates", "baseline", "tasks", "tune", "seeds")
 
@@ -319,9 +325,7 @@ class _Parser:
                     file=self.file,
                 ) from None
             raise self.error(*first_problem(exc, _File)) from None
-        # the file's name, in the characters a study name takes: étude.yaml -> etude
-        stem = unicodedata.normalize("NFKD", Path(self.file).stem if self.file else "autonorm")
-        default_name = stem.encode("ascii", "ignore").decode()
+        default_name = name_from_file(self.file)
         dataset = self.component("dataset", file.data.dataset, ("data", "dataset"))
         data_extra = dict(file.data.model_extra or {})
         data_params = {key: self.fixed_value(dataset, key, value, ("data", key)) for key, value in data_extra.items()}
@@ -338,7 +342,7 @@ class _Parser:
             key: self.domain(param, getattr(file.train, key), ("train", key)) for key, param in TRAIN_PARAMS.items()
         }
         spec = SearchSpec(
-            name=file.name or re.sub(r"[^A-Za-z0-9_.\-]", "_", default_name).lstrip("._-") or "autonorm",
+            name=file.name or default_name,
             dataset=dataset,
             data_params=data_params,
             val_fraction=file.data.val_fraction,

@@ -99,7 +99,34 @@ def test_versus_baseline_is_holm_corrected_wilcoxon_over_the_tasks_mean_accuraci
     a = [np.mean(HAND[t, "a"]) for t in ("t1", "t2", "t3")]
     raw = {c: stats.wilcoxon([np.mean(HAND[t, c]) for t in ("t1", "t2", "t3")], a).pvalue for c in "bc"}
     assert raw["c"] == pytest.approx(0.25) and got == pytest.approx(holm(raw))
-    assert table({k: v for k, v in HAND.items() if k[0] == "t1"}).versus_baseline() == {"b": 1.0, "c": 1.0}
+    assert table({k: v for k, v in HAND.items() if k[0] == "t1"}).versus_baseline() == {}  # one task: no test
+
+
+def test_equal_accuracies_in_another_order_tie():
+    """0.1 + 0.2 + 0.3 and 0.3 + 0.2 + 0.1 differ in the last bit: ranks used to split the tie."""
+    tied = table({("t", "a"): [0.1, 0.2, 0.3], ("t", "b"): [0.3, 0.2, 0.1]})
+    assert tied.cells["t", "a"].mean == tied.cells["t", "b"].mean
+    assert tied.average_ranks() == {"a": 1.5, "b": 1.5}
+
+
+def test_a_cell_with_a_failed_seed_is_not_ranked_on_its_other_seeds():
+    """Survivor bias: the mean of the seeds that did not diverge would flatter the method."""
+    done = {"0": {"test_accuracy": 0.9}, "1": {"error": "diverged: loss nan"}, "2": {"test_accuracy": 0.95}}
+    cell = compare_module._cell("t", "c", {k: {**v, "params": 1, "train_seconds": 1, "latency_ms": 1}
+                                           if "error" not in v else v for k, v in done.items()}, 3)  # fmt: skip
+    assert cell.mean == pytest.approx(0.925) and cell.result is None
+    assert cell.shown() == "0.925 ± 0.318 (1 of 3 seeds failed: diverged: loss nan)"
+    partial = table(HAND)
+    partial.cells["t1", "c"] = cell
+    assert partial.average_ranks()["c"] == 3.0 and "c" not in partial.friedman_candidates()
+
+
+def test_a_task_where_every_candidate_failed_is_not_ranked():
+    failed = table(HAND)
+    for c in "abc":
+        failed.cells["t3", c] = Cell("t3", c, error="diverged")
+    assert failed.ranked_tasks() == ["t1", "t2"]
+    assert failed.average_ranks() == {"a": 1.5, "b": 1.5, "c": 3.0}
 
 
 PROTOCOL = {
@@ -170,7 +197,7 @@ def test_relative_task_paths_are_read_from_the_protocol_file_folder(tmp_path):
 def test_candidates_may_tune_their_own_hyperparameters_with_the_same_budget():
     protocol = {**PROTOCOL, "candidates": {"batchnorm": None, "groupnorm": {"groups": [2, 4]}}, "baseline": None}
     proto, specs = load_protocol(protocol, registry_with_test_components())
-    assert proto.candidates == ["batchnorm", "groupnorm"]
+    assert list(proto.candidates) == ["batchnorm", "groupnorm"]
     (groupnorm,) = specs["digits", "groupnorm"].space["normalization"]
     assert groupnorm.params["groups"].choices == (2, 4) and specs["digits", "groupnorm"].search.trials == 1
     (batchnorm,) = specs["digits", "batchnorm"].space["normalization"]
@@ -184,6 +211,8 @@ def test_protocol_errors_name_the_place(tmp_path):
         load_protocol(path, autonorm.get_registry())
     with pytest.raises(SpecError, match="baseline 'x' is not among the candidates"):
         load_protocol({**PROTOCOL, "baseline": "x"}, registry_with_test_components())
+    with pytest.raises(SpecError, match="baseline 'batchnrm' is not among .*; did you mean 'batchnorm'"):
+        load_protocol({**PROTOCOL, "baseline": "batchnrm"}, registry_with_test_components())
     with pytest.raises(SpecError, match="tasks.0.data.dataset: unknown dataset 'digit'"):
         tasks = [{"name": "d", "data": {"dataset": "digit"}}]
         load_protocol({**PROTOCOL, "tasks": tasks}, registry_with_test_components())
@@ -199,6 +228,9 @@ def test_protocol_errors_name_the_place(tmp_path):
         ({"candidates": {"batchnorm": None, "gropnorm": {}}, "baseline": None}, "candidates.gropnorm: unknown norm"),
         ({"model": {"backbone": "smal_cnn"}}, "model.backbone: unknown model 'smal_cnn'"),
         ({"space": {"normalization": ["layernorm"]}}, "space.normalization: the candidates are the normalization"),
+        ({"space": {"normalization.groupnorm.groups": 2}}, "space.normalization.groupnorm.groups: the candidates"),
+        ({"search": {"trials": 5}}, "search.trials: a comparison's tuning trials per pair are its top-level trials"),
+        ({"train": {"lr": 0.1}}, "train.lr: also in tune: a training setting is fixed in train or tuned in tune"),
     ]:
         with pytest.raises(SpecError, match=message):
             load_protocol({**PROTOCOL, **protocol}, registry_with_test_components())
@@ -257,7 +289,33 @@ def test_compare_results_and_report_through_the_cli(tmp_path):
     run_cli("report", str(protocol), "-o", str(tmp_path / "cmp.html"))
     page = (tmp_path / "cmp.html").read_text()
     assert "Test accuracy of every seed" in page and "Average rank" in page
-    assert f"{cell.shown(4)} (n=2)" in page and page.count('class="plotly-graph-div"') == 2
+    assert f"<td>{cell.shown(4)}</td>" in page and page.count('class="plotly-graph-div"') == 2
+
+
+def test_a_changed_protocol_is_refused_and_seed_results_follow_the_best_trial(tmp_path, capsys):
+    """After an edit, the stored tuning and seeds would be shown (or extended) as the new protocol's."""
+    text = (
+        "kind: normalization\ncandidates: [batchnorm]\ntasks: [{name: digits, data: {dataset: digits}}]\n"
+        "model: {backbone: small_cnn, depth: 1, width: 4}\ntrain: {epochs: 1, batch_size: 64}\ntrials: 1\nseeds: 1\n"
+    )
+    protocol = write(tmp_path / "edited.yaml", text)  # named after its file
+    assert main(["compare", str(protocol), "-q"]) == 0
+    write(protocol, text.replace("epochs: 1", "epochs: 2"))
+    for command in ("compare", "results"):
+        assert main([command, str(protocol)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{protocol}:5:9: train.epochs: pair digits/batchnorm ran with 1, the protocol now gives 2" in err
+    write(protocol, text.replace("seeds: 1", "seeds: 2"))  # more seeds (or trials) extend it
+    assert len(load_comparison(protocol).cells["digits", "batchnorm"].accuracies) == 1
+    study = optuna.load_study(study_name="edited.digits.batchnorm", storage="sqlite:///edited.digits.batchnorm.db")
+    study.set_user_attr("seed_results", {"0": {"trial": 7, "test_accuracy": 0.5}})  # another trial's seed
+    assert load_comparison(protocol).cells["digits", "batchnorm"].error == "not finished: 0 of 2 seeds run"
+
+
+def test_the_default_tuning_leaves_alone_what_train_fixes():
+    default = {k: v for k, v in PROTOCOL.items() if k != "tune"}
+    _, specs = load_protocol({**default, "train": {"epochs": 1, "lr": 0.1}}, registry_with_test_components())
+    assert specs["digits", "batchnorm"].train["lr"] == Fixed(0.1)
 
 
 #: One epoch of a one-block CNN: enough for a cell to have numbers.
