@@ -54,6 +54,8 @@ def make_objective(
         def report(epoch: int, metrics: dict[str, float]) -> None:
             step = epoch + 1  # the number of epochs done, as Ray's schedulers count
             history.append(metrics)
+            if not isinstance(trial, optuna.Trial):  # replayed in a Ray actor: its attributes, in memory, go
+                trial.set_user_attr("history", history)  # with each report, for a trial the scheduler stops
             measured = prunable and objective_key in metrics
             if measured and step > reported:
                 trial.report(metrics[objective_key], step)

@@ -127,14 +127,27 @@ def is_run_again(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and _run_again(t.user_attrs.get("fail_reason"))
 
 
+#: The reason of a trial a worker took after the study had its trials: it ran nothing, and is no place.
+NOT_NEEDED = "interrupted: not needed, the study already had its trials"
+
+
 def place(study: optuna.Study, number: int) -> int:
-    """Trial ``number``'s place in its search: its number, less the failed trials before it that were
-    run again (interrupted, or whose process stopped). A search interrupted and resumed gives each
-    trial the place it had uninterrupted, and with it its training seed (``search.seed`` + place) and
-    its sampler's seed (:class:`~autonorm.backends.optuna.PlaceSeeded`)."""
+    """Trial ``number``'s place in its search: the place of the trial it runs again (``retry_of``: an
+    interrupted trial, or one whose process stopped), or else the number of trials before it that are
+    not such reruns (nor trials a worker found not needed). A search interrupted and resumed gives each
+    trial the place it had uninterrupted, however late a rerun comes (a killed worker's is queued only
+    when its heartbeats stop), and with it its training seed (``search.seed`` + place) and its sampler's
+    seed (:class:`~autonorm.backends.optuna.PlaceSeeded`)."""
     # from the storage: the study a sampler is given may hold some trials only (Hyperband's brackets)
-    failed = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.FAIL,))
-    return number - sum(t.number < number and is_run_again(t) for t in failed)
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    while (original := by_number.get(number, None)) is not None and original.user_attrs.get("retry_of") in by_number:
+        number = original.user_attrs["retry_of"]
+    return sum(t.number < number and _takes_place(t) for t in trials)
+
+
+def _takes_place(t: FrozenTrial) -> bool:
+    return "retry_of" not in t.user_attrs and t.user_attrs.get("fail_reason") != NOT_NEEDED
 
 
 def _last(values: dict[int, float]) -> float | None:
@@ -234,9 +247,10 @@ class StudyResults:
         pruned = f"{self.count('pruned')} pruned"
         if why:
             pruned += " (" + ", ".join(f"{n} {reason}" for reason, n in sorted(why.items())) + ")"
-        retried = [t for t in self.trials if t.state == "failed" and not t.counts_as_done]
+        retried = [t for t in self.trials if t.state == "failed" and not t.counts_as_done and t.reason != NOT_NEEDED]
         stopped = sum(t.reason in (None, STOPPED) for t in retried)
-        parts = [f"{self.count('complete')} complete", pruned, f"{self.count('failed') - len(retried)} failed"]
+        failed = sum(t.state == "failed" and t.counts_as_done for t in self.trials)
+        parts = [f"{self.count('complete')} complete", pruned, f"{failed} failed"]
         extra = {
             "interrupted": len(retried) - stopped,
             "stopped": stopped,

@@ -59,9 +59,10 @@ def sample_config(trial: Any, spec: SearchSpec, input_shape: tuple[int, ...], nu
 
 def _place(trial: Any) -> int:
     """The trial's place in its search (see :func:`~autonorm.results.place`); a trial replayed away from
-    its study (a ``FixedTrial``, as Ray's actors replay the driver's) has its number."""
+    its study (a ``FixedTrial``, as Ray's actors replay the driver's) has the place it was given, or else
+    its number."""
     study = getattr(trial, "study", None)
-    return trial.number if study is None else place(study, trial.number)
+    return getattr(trial, "place", trial.number) if study is None else place(study, trial.number)
 
 
 def searched_domains(spec: SearchSpec) -> dict[str, tuple[Domain, str]]:

@@ -110,12 +110,13 @@ def rerun_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def _open_journal(path: str, must_exist: bool) -> optuna.storages.BaseStorage:
     if not path:
         raise SpecError("a journal storage needs a file: journal:///study.log", path="search.storage")
+    relative = "" if Path(path).is_absolute() else f" in {Path.cwd()} (journal:///F is relative, journal:////F not)"
     if must_exist and not Path(path).is_file():
-        raise SpecError(f"no study journal at {path!r}", path="storage")
+        raise SpecError(f"no study journal at {path!r}{relative}", path="storage")
     try:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
     except OSError as exc:
-        raise SpecError(f"cannot open journal {path!r}: {exc.strerror}", path="search.storage") from None
+        raise SpecError(f"cannot open journal {path!r}{relative}: {exc.strerror}", path="search.storage") from None
 
 
 def alone(url: str) -> bool:

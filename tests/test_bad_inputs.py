@@ -170,6 +170,8 @@ def test_worker_of_an_unknown_study_names_the_known_ones(tmp_path, capsys):
     missing = tmp_path / "missing.log"
     assert main(["worker", "nope", "--storage", f"journal:///{missing}"]) == 2
     assert "no study journal at" in capsys.readouterr().err and not missing.exists()  # nothing left behind
+    assert main(["worker", "nope", "--storage", "journal:///missing.log"]) == 2
+    assert f"no study journal at 'missing.log' in {tmp_path} (journal:///F is relative" in capsys.readouterr().err
 
 
 def test_a_postgres_password_never_appears_in_any_command_output(tmp_path, capsys, postgres_url):  # noqa: F811

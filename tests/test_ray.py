@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -21,8 +22,10 @@ import torch
 from torch import nn
 
 import autonorm
+import autonorm.cli
 from autonorm import Component, load_spec
-from autonorm.backends.ray import connect
+from autonorm.backends.ray import check_resources, connect
+from autonorm.spec import RaySettings
 from tests.conftest import AUTONORM, TINY_SPACE, run_cli, write
 from tests.helpers import registry_with_test_components
 
@@ -188,6 +191,8 @@ def test_asha_on_ray_finishes_exactly_the_requested_trials(local_ray):
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and "repeat_of" not in t.user_attrs]
     assert pruned and all(list(t.intermediate_values) == [1] for t in pruned)  # stopped at the first rung, epoch 1
+    assert all(t.user_attrs["params"] > 0 and len(t.user_attrs["history"]) == 1 for t in pruned)  # as without Ray
+    assert all(t.user_attrs["config"]["seed"] == t.number for t in study.trials)
     again = autonorm.search(space, registry=registry)  # all counted as done: nothing more to run
     assert [t.number for t in again.trials] == [0, 1, 2, 3]
 
@@ -249,6 +254,26 @@ def test_ctrl_c_stops_a_ray_search_records_interrupted_and_exits_130(tmp_path):
     run_cli("search", str(space), "-q")  # resumed: the interrupted configurations run first
     done = {t.user_attrs.get("retry_of"): t for t in trials_of("stop") if t.state.is_finished()}
     assert all(done[t.number].params == t.params for t in failed)
+    assert all(done[t.number].user_attrs["config"]["seed"] == t.number for t in failed)  # in its place
+
+
+def test_an_address_nothing_answers_at_is_an_error_at_once(tmp_path, capsys):
+    far = TINY_SPACE.replace("seed: 0", "seed: 0\n  backend: ray\n  ray: {address: '127.0.0.1:9'}")
+    space = write(tmp_path / "far.yaml", far)
+    started = time.monotonic()
+    assert autonorm.cli.main(["search", str(space), "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{space}:" in err and "search.ray.address: nothing answers at 127.0.0.1:9" in err, err
+    assert time.monotonic() - started < 30
+
+
+def test_a_trial_asking_for_more_than_this_machine_has_is_an_error(local_ray):
+    for resources, message in [({"cpu": 512}, "512 CPU(s) per trial, but this machine's Ray has"),
+                               ({"gpu": 8}, "8 GPU(s) per trial, but this machine's Ray has 1")]:  # fmt: skip
+        settings = RaySettings.model_validate({"resources_per_trial": resources})
+        with pytest.raises(autonorm.SpecError, match=re.escape(message)):
+            check_resources(settings)
+    check_resources(RaySettings())
 
 
 def test_search_on_a_two_node_cluster(tmp_path):

@@ -14,7 +14,7 @@ from autonorm import display, load_spec
 from autonorm.backends.optuna import make_pruner, open_search_study
 from autonorm.data import load_data
 from autonorm.objective import make_objective
-from autonorm.results import is_run_again
+from autonorm.results import NOT_NEEDED, is_run_again, place
 from autonorm.space import sample_config
 from tests.conftest import TINY_SPACE, write
 from tests.helpers import registry_with_test_components
@@ -243,6 +243,19 @@ def test_a_repeated_configuration_reuses_the_earlier_outcome_unless_asked_to_ret
     trials = optuna.load_study(study_name="retrained", storage=f"sqlite:///{tmp_path / 'repeats.db'}").trials
     assert not any("repeat_of" in t.user_attrs for t in trials)
     assert len({t.user_attrs["train_seconds"] for t in trials}) == 5  # every one trained
+
+
+def test_a_late_rerun_takes_the_place_of_the_trial_it_runs_again():
+    """A killed worker's trial is queued again only when its heartbeats stop, after other trials began: its
+    rerun used to take the place (and training seed) of the trial before it."""
+    study = optuna.create_study()
+    create, fail = optuna.trial.create_trial, optuna.trial.TrialState.FAIL
+    study.add_trial(create(state=fail))  # 0: its process was killed
+    study.add_trial(create(value=0.5))  # 1
+    study.add_trial(create(value=0.5, user_attrs={"retry_of": 0}))  # 2: trial 0 again
+    study.add_trial(create(state=fail, user_attrs={"fail_reason": NOT_NEEDED}))  # 3: a worker came too late
+    study.add_trial(create(value=0.5, user_attrs={"retry_of": 2}))  # 4: trial 0 again, once more
+    assert [place(study, n) for n in range(6)] == [0, 1, 0, 2, 0, 2]
 
 
 def test_a_search_from_python_keeps_optunas_own_messages_out_and_restores_their_level(tmp_path, caplog):

@@ -19,10 +19,10 @@ from sqlalchemy.engine import make_url
 
 import autonorm
 from autonorm.backends.optuna import open_search_study
-from autonorm.backends.workers import NOT_NEEDED, STORAGE_ENV, TARGET_ATTR
+from autonorm.backends.workers import STORAGE_ENV, TARGET_ATTR
 from autonorm.cli import main
 from autonorm.interrupts import interrupt_once
-from autonorm.results import STOPPED, TrialRecord
+from autonorm.results import NOT_NEEDED, STOPPED, TrialRecord
 from autonorm.storage import MAX_RERUNS, open_storage, rerun_stale
 from tests.conftest import AUTONORM, write
 from tests.pg import postgres_url  # noqa: F401 - a fixture

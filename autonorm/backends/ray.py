@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import tempfile
 import threading
 import warnings
@@ -48,15 +49,18 @@ from autonorm.backends.optuna import (
     open_search_study,
 )
 from autonorm.data import Data
-from autonorm.errors import TrialFailed
+from autonorm.errors import SpecError, TrialFailed
 from autonorm.objective import copy_outcome, earlier_trial, make_objective, record_interrupted
 from autonorm.registry import Registry
-from autonorm.results import StudyResults, results_of
+from autonorm.results import StudyResults, place, results_of
 from autonorm.space import sample_config
-from autonorm.spec import SearchSpec
+from autonorm.spec import RaySettings, SearchSpec
+from autonorm.yamlfile import placed
 
 #: Keys of a Ray trial's reports besides the objective.
 NUMBER, EPOCH, FINAL, ATTRS = "autonorm_trial", "epoch", "autonorm_final", "autonorm_attrs"
+#: In a trial's config: its place in the search (:func:`~autonorm.results.place`), which seeds its training.
+PLACE = "autonorm_place"
 #: In a trial's config: the earlier trial whose outcome it reuses (the same configuration), and its value.
 REPEAT, REPEAT_VALUE = "autonorm_repeat_of", "autonorm_repeat_value"
 #: In a trial's final report: it was rejected (it diverged, or is incompatible), to record as pruned.
@@ -73,9 +77,16 @@ def run_ray(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] 
     missing = spec.search.trials - done_count(study)
     if missing <= 0:
         return results_of(study, spec.storage)
-    started_here = connect(spec.search.ray.address)
+    settings, started_here = spec.search.ray, False
+    try:
+        started_here = connect(settings.address)
+        if started_here and not settings.address:
+            check_resources(settings)
+    except SpecError as exc:
+        if started_here:
+            ray.shutdown()
+        raise placed(exc, spec.source) from None
     searcher = StudySearch(spec, study, data, callbacks)
-    settings = spec.search.ray
     resources = {"cpu": settings.resources_per_trial.cpu, "gpu": settings.resources_per_trial.gpu}
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, spec=spec, data=data, registry=registry), resources
@@ -110,6 +121,8 @@ def run_ray(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] 
 def connect(address: str | None, **local: Any) -> bool:
     """Join the Ray at ``address`` (``auto``: this machine's cluster), or start a local one on the
     loopback address (``local``: more ``ray.init`` options, such as ``num_gpus``); True if started."""
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
@@ -125,6 +138,35 @@ def connect(address: str | None, **local: Any) -> bool:
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` (or ``ray://host:port``) that nothing answers at is an error at once: Ray itself
+    would wait for minutes, retrying, with nothing but its own log lines."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "auto", or a form Ray resolves itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise SpecError(
+            f"nothing answers at {address} ({exc.strerror or exc}): start the cluster there (`ray start --head`), "
+            "or leave the address out to start a Ray on this machine",
+            path="search.ray.address",
+        ) from None
+
+
+def check_resources(settings: RaySettings) -> None:
+    """Ray on this machine never runs a trial that asks for more CPUs or GPUs than the machine has: it
+    would wait for them for ever, showing nothing."""
+    have = ray.cluster_resources()
+    for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
+        asked = getattr(settings.resources_per_trial, key)
+        if asked > have.get(name, 0):
+            raise SpecError(
+                f"{asked:g} {name}(s) per trial, but this machine's Ray has {have.get(name, 0):g}",
+                path=f"search.ray.resources_per_trial.{key}",
+            )
 
 
 class StopOnSignal(Stopper):
@@ -194,21 +236,23 @@ def make_scheduler(spec: SearchSpec) -> Any:
 
 
 class _ReplayedTrial(optuna.trial.FixedTrial):
-    """The driver's sampled parameters, replayed in a Ray actor; reports go to Ray Tune."""
+    """The driver's sampled parameters, replayed in a Ray actor at the trial's place in the search; reports
+    go to Ray Tune, each with the trial's attributes so far (the driver keeps them for a trial the
+    scheduler stops, which sends no final report)."""
 
-    def __init__(self, params: dict[str, Any], number: int, objective: str, epochs: int) -> None:
+    def __init__(self, params: dict[str, Any], number: int, place: int, objective: str, epochs: int) -> None:
         super().__init__(params, number)
-        self._objective, self._epochs = objective, epochs
+        self.place, self._objective, self._epochs = place, objective, epochs
 
     def report(self, value: float, step: int) -> None:
         if step < self._epochs:  # the last epoch's value comes with the final report
-            tune.report({self._objective: value, EPOCH: step})
+            tune.report({self._objective: value, EPOCH: step, ATTRS: json.dumps(self.user_attrs)})
 
 
 def train_trial(config: dict[str, Any], spec: SearchSpec, data: Data, registry: Registry) -> None:
     """A Ray Tune function trainable: train the sampled configuration and report its outcome last."""
-    params = {k: v for k, v in config.items() if k not in (NUMBER, REPEAT, REPEAT_VALUE)}
-    trial = _ReplayedTrial(params, config[NUMBER], spec.search.objective, spec.epochs)
+    params = {k: v for k, v in config.items() if k not in (NUMBER, PLACE, REPEAT, REPEAT_VALUE)}
+    trial = _ReplayedTrial(params, config[NUMBER], config[PLACE], spec.search.objective, spec.epochs)
     trial.set_user_attr("ray_node", ray.get_runtime_context().get_node_id())
     pruned = False
     if REPEAT in config:  # the driver found this configuration already trained: nothing to train
@@ -232,17 +276,19 @@ class StudySearch(OptunaSearch):
         input_shape, num_classes = data.input_shape, data.num_classes
 
         def space(trial: Any) -> dict[str, Any]:
+            which = {NUMBER: trial.number, PLACE: place(trial.study, trial.number)}
             try:
                 dumped = sample_config(trial, spec, input_shape, num_classes).model_dump(mode="json")
                 trial.set_user_attr("config", dumped)
             except TrialFailed:  # the Ray trial replays the same choices and records the reason
-                return {NUMBER: trial.number}
+                return which
             earlier = earlier_trial(trial, spec, dumped)
             if earlier is None:
-                return {NUMBER: trial.number}
+                return which
             value = earlier.value if earlier.state == TrialState.COMPLETE else float("nan")
-            return {NUMBER: trial.number, REPEAT: earlier.number, REPEAT_VALUE: value}
+            return {**which, REPEAT: earlier.number, REPEAT_VALUE: value}
 
+        self._attrs: dict[str, str | None] = {}  # each running trial's attributes, from its last report
         super().__init__(
             space=space,
             metric=spec.search.objective,
@@ -261,6 +307,7 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not result.get(FINAL) and trial_id not in self._completed_trials:
             self._ot_trials[trial_id].report(result[self.metric], result[EPOCH])
+            self._attrs[trial_id] = result.get(ATTRS)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -292,6 +339,9 @@ class StudySearch(OptunaSearch):
         else:  # stopped early by the scheduler, on a report it passed to the scheduler only
             if result.get(self.metric) is not None and EPOCH in result:
                 trial.report(result[self.metric], result[EPOCH])
+            last = result.get(ATTRS) or self._attrs.get(trial_id)
+            for key, value in (json.loads(last) if last else {}).items():  # its parameters, the epochs it trained
+                trial.set_user_attr(key, value)
             self._finish(trial_id, TrialState.PRUNED)
 
     def interrupt_unfinished(self) -> None:

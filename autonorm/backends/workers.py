@@ -28,12 +28,11 @@ from autonorm.backends.optuna import WORKER_ATTR, Callback, fail_orphans, open_s
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective, record_interrupted
 from autonorm.registry import Registry
-from autonorm.results import StudyResults, TrialRecord, results_of
+from autonorm.results import NOT_NEEDED, StudyResults, TrialRecord, results_of
 from autonorm.spec import SearchSpec, load_spec
 from autonorm.storage import check_shareable, has_heartbeats, mask_url, open_storage
 
 #: The reason recorded on a trial that a racing worker started after the study had enough trials.
-NOT_NEEDED = "interrupted: not needed, the study already had its trials"
 #: Environment variable a worker reads its storage URL from, so that a password is not on a command line.
 STORAGE_ENV = "AUTONORM_STORAGE"
 #: Study user attribute holding the number of finished trials the workers aim for.
