@@ -84,7 +84,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         reporter = display.JsonLinesReporter(spec.search.objectives)
         with guard:
             results = search(spec, registry=registry, callbacks=[reporter.callback, *stop])
-        console.print(display.summary(results))
+        console.print(display.summary(results), soft_wrap=True)  # one line, for logs
         return _outcome(results)
     if args.quiet:
         with guard:
@@ -125,7 +125,7 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     with interrupted_once():
         results = run_worker(spec, registry, callbacks=[stop_if_interrupted])
     if not args.quiet:
-        console.print(display.summary(results))
+        console.print(display.summary(results), soft_wrap=True)  # one line, for logs
     return 0
 
 
@@ -178,7 +178,7 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
 
 def _print_results(results: StudyResults, top: int, console: Console) -> None:
     """Summary, leaderboard, failed trials and (multi-objective) Pareto front: what search and results print."""
-    console.print(display.summary(results))
+    console.print(display.summary(results), soft_wrap=True)  # one line, for logs
     if results.leaderboard(1):
         console.print(display.leaderboard_table(results, top))
     failed = display.failed_table(results)

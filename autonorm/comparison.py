@@ -41,7 +41,15 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
-from autonorm.spec import SEARCHED_KINDS, Count, SearchSpec, load_spec, name_from_file, protocol_keys
+from autonorm.spec import (
+    SEARCHED_KINDS,
+    TRAIN_PARAMS,
+    Count,
+    SearchSpec,
+    load_spec,
+    name_from_file,
+    protocol_keys,
+)
 from autonorm.trainer import fit
 from autonorm.yamlfile import locate, placed, read_yaml
 
@@ -310,7 +318,9 @@ def load_protocol(source: str | os.PathLike | Mapping[str, Any], registry: Regis
                 if exc.path == f"space.{proto.kind}.{cand}":
                     specs[task.name, cand] = exc  # an incompatible candidate: shown in its cell
                     continue
-                raise fail(_protocol_path(exc.path, i, proto, cand), exc.message) from None
+                where = _protocol_path(exc.path, i, proto, cand)
+                hint = f" (tune takes training settings: {', '.join(TRAIN_PARAMS)})" if where[0] == "tune" else ""
+                raise fail(where, exc.message + hint) from None
     return proto, specs
 
 
@@ -389,7 +399,8 @@ def _cell(task: str, cand: str, done: Mapping[str, dict], seeds: int) -> Cell:
         task,
         cand,
         accuracies=[r["test_accuracy"] for r in ok],
-        costs={k: float(np.mean([r[k] for r in ok])) for k in COST_KEYS} if ok else {},
+        # the median: one seed's timing, taken while the machine did something else, says little of the method
+        costs={k: float(np.median([r[k] for r in ok])) for k in COST_KEYS} if ok else {},
         error=error,
     )
 

@@ -217,7 +217,7 @@ def test_protocol_errors_name_the_place(tmp_path):
         tasks = [{"name": "d", "data": {"dataset": "digit"}}]
         load_protocol({**PROTOCOL, "tasks": tasks}, registry_with_test_components())
     path.write_text("name: p\nkind: normalization\ntasks: [{name: d, data: {}}]\ntune: {lrr: [0.1, 0.2]}\n")
-    with pytest.raises(SpecError, match=r"p.yaml:4:8: tune.lrr: unknown key"):  # a pair's keys, in the protocol
+    with pytest.raises(SpecError, match=r"p.yaml:4:8: tune.lrr: unknown key.*\(tune takes training settings: batch"):
         load_protocol(path, autonorm.get_registry())
     twice = [{"name": "d", "data": {"dataset": "digits"}}, {"name": "d", "data": {"dataset": "digits", "imbalance": 5}}]
     for protocol, message in [
