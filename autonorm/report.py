@@ -82,8 +82,10 @@ def render_comparison_report(comparison: Comparison) -> str:
     page.section("Test accuracy of every seed", _seed_boxes(comparison))
     ranks = comparison.average_ranks()
     order = sorted(ranks, key=ranks.get)
-    fig = go.Figure(go.Bar(x=order, y=[ranks[c] for c in order], marker_color=_PALETTE[0]))
-    fig.update_layout(title="average rank across tasks (1 is best)", yaxis_title="average rank")
+    colours = [_PALETTE[1] if c == comparison.baseline else _PALETTE[0] for c in order]
+    fig = go.Figure(go.Bar(x=order, y=[ranks[c] for c in order], marker_color=colours))
+    baseline = f"; {comparison.baseline}, the baseline, in orange" if comparison.baseline else ""
+    fig.update_layout(title=f"average rank across tasks (1 is best{baseline})", yaxis_title="average rank")
     page.section("Average rank", fig)
     return page.render(f"autonorm comparison: {comparison.name}")
 
@@ -111,7 +113,12 @@ def _comparison_table(comparison: Comparison) -> str:
 def _seed_boxes(comparison: Comparison) -> Part:
     cols = min(3, len(comparison.tasks))
     rows = math.ceil(len(comparison.tasks) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=comparison.tasks)
+    titles = []  # a candidate without any seed's accuracy on a task is named there, not silently missing
+    for task in comparison.tasks:
+        missing = [c for c in comparison.candidates if not comparison.cells[task, c].accuracies]
+        shown = "every candidate" if len(missing) == len(comparison.candidates) else ", ".join(missing)
+        titles.append(f"{task} (no result: {shown})" if missing else task)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles)
     for i, task in enumerate(comparison.tasks):
         row, col = divmod(i, cols)
         for j, cand in enumerate(comparison.candidates):  # one colour per candidate across the tasks

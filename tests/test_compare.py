@@ -412,3 +412,15 @@ def test_a_protocol_on_the_ray_backend_runs_unchanged():
         assert [t.state for t in stored.trials] == ["complete"]
     again = load_comparison(protocol, registry)
     assert again.cells["digits", "groupnorm"].accuracies == result.cells["digits", "groupnorm"].accuracies
+
+
+def test_the_comparison_report_names_candidates_without_results_and_marks_the_baseline():
+    from autonorm.report import render_comparison_report
+
+    partial = table(HAND)
+    partial.cells["t2", "c"] = Cell("t2", "c", error="diverged")
+    for c in "abc":
+        partial.cells["t3", c] = Cell("t3", c, error="diverged")
+    page = render_comparison_report(partial)
+    assert "t2 (no result: c)" in page and "t3 (no result: every candidate)" in page
+    assert "a, the baseline, in orange" in page
