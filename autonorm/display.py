@@ -249,14 +249,19 @@ class SearchProgress:
             self.best = record.value if better else self.best
 
     def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        record = TrialRecord.from_frozen(trial)
-        self._count(record)
+        """Counted from the study, not from the trials this process ran: workers that joined the search
+        (``autonorm worker``) finish trials too."""
+        records = [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False)]
+        self.counts, self.best = dict.fromkeys(self.counts, 0), None
+        for record in records:
+            self._count(record)
         status = " ".join(f"{n} {s}" for s, n in self.counts.items())
         best = f" best {self.spec.search.objectives[0]}={self.best:.4g}" if self.best is not None else ""
         if self.spec.search.multi_objective and self.best is not None:
             front = [t for t in study.best_trials if "repeat_of" not in t.user_attrs]  # as `autonorm results`
             best += f", Pareto front {len(front)} trials"
-        self.progress.update(self.task, advance=1 if record.counts_as_done else 0, status=status + best)
+        done = sum(record.counts_as_done for record in records)
+        self.progress.update(self.task, completed=done, status=status + best)
 
 
 def _comparison_cell(cell: Any) -> str:

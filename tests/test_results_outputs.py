@@ -493,6 +493,7 @@ def test_live_progress_counts_the_pareto_front_as_the_leaderboard_does(tmp_path)
     with display.SearchProgress(spec, [], Console(file=screen, width=160, color_system=None)) as progress:
         progress.callback(study, study.trials[-1])
     assert "Pareto front 2 trials" in screen.getvalue()
+    assert "3/3 3 complete" in screen.getvalue()  # counted from the study: a joined worker's trials count too
 
 
 def test_the_report_lists_failed_and_diverged_trials_with_their_reasons():
