@@ -153,6 +153,9 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         without = [c.name for cands in spec.space.values() for c in cands if kind in c.component.excludes]
         note = f" (not chosen with {', '.join(without)})" if without else ""
         console.print(f"  {kind}: {', '.join(c.name for c in candidates)}{note}")
+    model = [key for key, dom in spec.model.params.items() if dom.is_searched]
+    if model:
+        console.print(f"  model: {spec.model.name}; searched: {', '.join(model)}")
     searched = [key for key, dom in spec.train.items() if dom.is_searched]
     console.print(f"  train: {spec.epochs} epochs; searched: {', '.join(searched) or 'nothing'}")
     return 0

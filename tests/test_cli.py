@@ -67,7 +67,10 @@ def test_validate_summarizes_the_space(tmp_path, cli):
     assert "searched: lr\n" in out or out.rstrip().endswith("searched: lr"), out
     with_frn = TINY_SPACE.replace("    batchnorm: {}", "    batchnorm: {}\n    frn: {}")
     out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", with_frn)))
-    assert "activation: relu, elu (not chosen with frn)" in out
+    assert "activation: relu, elu (not chosen with frn)" in out and "model:" not in out
+    wider = TINY_SPACE.replace("width: 8}", "width: [4, 8]}")
+    out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", wider)))
+    assert "model: small_cnn; searched: width" in out
 
 
 def test_validate_summarizes_a_comparison_protocol(cli):
