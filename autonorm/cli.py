@@ -25,7 +25,7 @@ from autonorm.errors import SpecError, output_file
 from autonorm.final import train
 from autonorm.interrupts import interrupted_once, stop_if_interrupted
 from autonorm.registry import KINDS, get_registry, unknown_name_message
-from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, load_study, locate_study, open_study
+from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, load_study, locate_study, open_study, results_of
 from autonorm.spec import load_spec
 from autonorm.storage import check_shareable, mask_url
 from autonorm.testing import CHECKED_KINDS, check_component
@@ -63,9 +63,10 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
             exc.path, exc.file = ("--storage", None) if args.storage else (exc.path, spec.source)
         raise
     already = sum(r.counts_as_done for r in earlier)
-    if already >= spec.search.trials:
+    if already >= spec.search.trials:  # no workers, no progress bar: what the study holds
         console.print(f"study {spec.name} has {already} trials done, {spec.search.trials} asked: nothing to run")
-    elif already:
+        return _shown(results_of(open_search_study(spec), spec.storage), args, console)
+    if already:
         console.print(f"resuming study {spec.name}: {already} of {spec.search.trials} trials already done")
     device = spec.train_options.get("device", "auto")
     local = spec.search.backend == "optuna"  # Ray's trials may run on other machines, with CUDA
@@ -84,21 +85,23 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         reporter = display.JsonLinesReporter(spec.search.objectives)
         with guard:
             results = search(spec, registry=registry, callbacks=[reporter.callback, *stop])
-        console.print(display.summary(results), soft_wrap=True)  # one line, for logs
-        return _outcome(results)
-    if args.quiet:
+    elif args.quiet:
         with guard:
             results = search(spec, registry=registry, callbacks=stop)
     else:
         with guard, display.SearchProgress(spec, earlier, console) as progress:
             results = search(spec, registry=registry, callbacks=[progress.callback, *stop])
-    _print_results(results, args.top, console)
-    console.print(display.best_panel(results.best, results.objective))
-    return _outcome(results)
+    return _shown(results, args, console)
 
 
-def _outcome(results: StudyResults) -> int:
-    """The exit code of a search: 1 when no trial completed (for scripts and CI), else 0."""
+def _shown(results: StudyResults, args: argparse.Namespace, console: Console) -> int:
+    """What a search prints at its end (with --jsonl, the summary line only), and its exit code: 1 when
+    no trial completed (for scripts and CI), else 0."""
+    if args.jsonl:
+        console.print(display.summary(results), soft_wrap=True)  # one line, for logs
+    else:
+        _print_results(results, args.top, console)
+        console.print(display.best_panel(results.best, results.objective))
     if results.best is not None:
         return 0
     _error(f"study {results.name}: no trial completed; the reasons are listed with `autonorm results {results.name}`")
