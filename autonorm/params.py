@@ -148,6 +148,17 @@ class IntRange(Domain):
 # ---------------------------------------------------------------- declarations: what a component has
 
 
+def _accepts(param: Float | Int) -> str:
+    """``; accepts >= 0`` (or ``<= 1``, ``in [0, 1]``): the values a hyperparameter takes beyond its default
+    search range, where it declares bounds."""
+    low, high = param.minimum, param.maximum
+    if low is None and high is None:
+        return ""
+    if low is not None and high is not None:
+        return f"; accepts [{low:g}, {high:g}]"
+    return f"; accepts >= {low:g}" if low is not None else f"; accepts <= {high:g}"
+
+
 @dataclass(frozen=True)
 class Float:
     """A real hyperparameter: default value and default search range."""
@@ -178,7 +189,7 @@ class Float:
         return FloatRange(self.check(low), self.check(high), log)
 
     def __str__(self) -> str:
-        return f"{self.default:g} in {self.default_domain()}"
+        return f"{self.default:g} in {self.default_domain()}{_accepts(self)}"
 
 
 @dataclass(frozen=True)
@@ -225,7 +236,7 @@ class Int:
         return IntRange(self.check(low), self.check(high), log)
 
     def __str__(self) -> str:
-        return f"{self.default} in {self.default_domain()}"
+        return f"{self.default} in {self.default_domain()}{_accepts(self)}"
 
 
 @dataclass(frozen=True)

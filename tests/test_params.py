@@ -67,6 +67,11 @@ def test_an_integer_declared_with_values_searches_those_by_default_and_any_given
     assert str(groups) == "8 in {1 < 2 < 4 < 8 < 16 < 32}"
 
 
+def test_a_parameter_shows_the_values_it_accepts_beyond_its_search_range():
+    assert str(Float(0.1, 0.01, 0.5, log=True, minimum=0, maximum=1)) == "0.1 in [0.01, 0.5] log; accepts [0, 1]"
+    assert str(Int(8, 1, 32, minimum=1)).endswith("; accepts >= 1") and str(Float(1, 0, 2)) == "1 in [0, 2]"
+
+
 def test_ordered_choice_is_suggested_as_a_position_and_returns_the_value():
     domain = parse_domain(Float(0.1, 1e-3, 1.0), [1.0, 0.01, 0.1])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
