@@ -110,7 +110,7 @@ def make_objective(
             reason = str(exc)
             if isinstance(exc, Incompatible) and exc.summary:
                 trial.set_user_attr("summary", exc.summary)
-            if isinstance(exc, Rejected) and prunable:  # Optuna prunes single-objective studies only
+            if isinstance(exc, Rejected):  # recorded as pruned, multi-objective too: TPE counts it against its region
                 trial.set_user_attr("fail_reason", reason)
                 finish("pruned", {"reason": reason})
                 raise optuna.TrialPruned(reason) from None

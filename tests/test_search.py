@@ -468,3 +468,13 @@ def test_an_interrupted_nsga2_search_resumes_into_the_same_generations(tmp_path)
     straight, resumed = straight_and_resumed(tmp_path, text, 10, interrupt_from=2)
     kept = [t for t in resumed.trials if t.counts_as_done]
     assert [(t.params, t.values) for t in kept] == [(t.params, t.values) for t in straight.trials]
+
+
+def test_a_multi_objective_search_records_a_configuration_that_cannot_run_as_pruned(tmp_path):
+    """As in a single-objective search: TPE leaves failed trials out of its model and would propose the
+    configuration again and again; a pruned one counts against its region."""
+    space = TINY_SPACE.replace("groups: [2, 4]", "groups: [3]")
+    space = space.replace("pruner: none", "objective: [val_accuracy, params]")
+    results = autonorm.search(write(tmp_path / "mo.yaml", space), trials=4)
+    rejected = [t for t in results.trials if t.reason and t.reason.startswith("incompatible")]
+    assert rejected and all(t.state == "pruned" for t in rejected), [(t.state, t.reason) for t in results.trials]

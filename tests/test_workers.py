@@ -18,8 +18,8 @@ import yaml
 from sqlalchemy.engine import make_url
 
 import autonorm
-from autonorm.backends.optuna import open_search_study
-from autonorm.backends.workers import STORAGE_ENV, TARGET_ATTR
+from autonorm.backends.optuna import TARGET_ATTR, open_search_study
+from autonorm.backends.workers import STORAGE_ENV, worker_spec
 from autonorm.cli import main
 from autonorm.interrupts import interrupt_once
 from autonorm.results import NOT_NEEDED, STOPPED, TrialRecord
@@ -236,3 +236,11 @@ def test_workers_run_the_space_as_edited_and_read_its_files_from_its_folder(tmp_
     done = [t for t in trials if t.state == "complete"]
     assert len(done) == 4 and {t.config.epochs for t in done} == {1, 2}
     assert all(t.config.dataset.params["path"] == str(project / "mine.npz") for t in done)
+
+
+def test_a_worker_joining_a_plain_search_aims_for_the_trials_the_search_was_given(tmp_path):
+    """``--trials 2`` over the file's 3: a joining worker took the file's count, and stopped at once."""
+    space = write(tmp_path / "j.yaml", SPACE.format(name="j", epochs=1, trials=3))
+    url = f"journal:///{tmp_path / 'j.log'}"
+    autonorm.search(space, storage=url, trials=2)
+    assert worker_spec("j", url, autonorm.get_registry()).search.trials == 2

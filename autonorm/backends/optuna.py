@@ -323,10 +323,21 @@ def done_count(study: optuna.Study) -> int:
     return sum(TrialRecord.from_frozen(t).counts_as_done for t in study.get_trials(deepcopy=False))
 
 
+#: Study user attribute holding the number of finished trials the search aims for, which a worker that
+#: joins it (``autonorm worker``) aims for too: the file's ``search.trials``, or ``--trials``.
+TARGET_ATTR = "trials"
+
+
+def set_target(study: optuna.Study, trials: int) -> None:
+    if study.user_attrs.get(TARGET_ATTR) != trials:
+        study.set_user_attr(TARGET_ATTR, trials)
+
+
 def run_optuna(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] = ()) -> StudyResults:
     """Run the trials the study still lacks and return its results."""
     data = spec.load_data(registry)
     study = open_search_study(spec)
+    set_target(study, spec.search.trials)
     sole = alone(spec.storage)
     if sole or not has_heartbeats(spec.storage):  # a search killed or stopped left its trial running
         fail_orphans(study, every=sole)

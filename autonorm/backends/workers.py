@@ -24,7 +24,15 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import TrialState
 
-from autonorm.backends.optuna import WORKER_ATTR, Callback, fail_orphans, open_search_study, this_process
+from autonorm.backends.optuna import (
+    TARGET_ATTR,
+    WORKER_ATTR,
+    Callback,
+    fail_orphans,
+    open_search_study,
+    set_target,
+    this_process,
+)
 from autonorm.errors import SpecError
 from autonorm.objective import make_objective, record_interrupted
 from autonorm.registry import Registry
@@ -35,8 +43,6 @@ from autonorm.storage import check_shareable, has_heartbeats, mask_url, open_sto
 #: The reason recorded on a trial that a racing worker started after the study had enough trials.
 #: Environment variable a worker reads its storage URL from, so that a password is not on a command line.
 STORAGE_ENV = "AUTONORM_STORAGE"
-#: Study user attribute holding the number of finished trials the workers aim for.
-TARGET_ATTR = "trials"
 
 
 def _tally(trials: Sequence[optuna.trial.FrozenTrial], below: int | None = None) -> tuple[int, int, int]:
@@ -124,7 +130,7 @@ def run_workers(spec: SearchSpec, workers: int, callbacks: Sequence[Callback] = 
     """
     check_shareable(spec.storage, workers)
     study = open_search_study(spec)
-    study.set_user_attr(TARGET_ATTR, spec.search.trials)
+    set_target(study, spec.search.trials)
     command = [sys.executable, "-m", "autonorm.cli", "worker", spec.name, "--quiet"]
     env = {**os.environ, STORAGE_ENV: spec.storage}
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
