@@ -30,6 +30,7 @@ from autonorm.spec import load_spec
 from autonorm.storage import check_shareable, mask_url
 from autonorm.testing import CHECKED_KINDS, check_component
 from autonorm.trainer import resolve_device
+from autonorm.yamlfile import placed
 
 
 def _study_args(parser: argparse.ArgumentParser, protocol: bool = True) -> None:
@@ -54,6 +55,10 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         raise
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec.load_data(registry)  # a missing or bad data file stops the search before it opens its study
+    local_cuda = spec.search.backend == "optuna" and spec.train_options.get("device") == "cuda"
+    if local_cuda and not torch.cuda.is_available():  # else every trial would fail on it
+        no_cuda = SpecError("'cuda', but this machine has no CUDA device: use auto or cpu", path="train.device")
+        raise placed(no_cuda, spec.source)
     try:
         if spec.search.backend == "optuna":
             check_shareable(spec.storage, spec.search.workers)

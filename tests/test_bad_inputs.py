@@ -383,3 +383,11 @@ def test_output_paths_that_are_folders_or_files_are_clear_errors(trained, tmp_pa
         assert err.startswith("error: ") and ("is a folder" in err or "exists and is not a folder" in err), err
     assert main(["best", "intact", "--storage", storage, "-o", str(tmp_path / "new" / "dir" / "b.yaml")]) == 0
     assert (tmp_path / "new" / "dir" / "b.yaml").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it_stops_the_search_before_any_trial(tmp_path, capsys):
+    space = write(tmp_path / "space.yaml", GOOD.replace("train: {epochs: 1}", "train: {epochs: 1, device: cuda}"))
+    assert main(["search", str(space), "-q"]) == 2
+    assert "space.yaml:3:20: train.device: 'cuda', but this machine has no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "intact.db").exists()
