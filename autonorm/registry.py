@@ -172,8 +172,8 @@ class Component:
 
     @property
     def summary(self) -> str:
-        """The first line of the docstring."""
-        return self.doc.strip().split("\n", 1)[0] if self.doc else ""
+        """The docstring's first paragraph, on one line (its first line may end mid-sentence)."""
+        return " ".join(self.doc.strip().split("\n\n", 1)[0].split()) if self.doc else ""
 
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.params.items()}

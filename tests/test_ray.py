@@ -344,3 +344,14 @@ def trials_of(name: str) -> list[optuna.trial.FrozenTrial]:
         return optuna.load_study(study_name=name, storage=f"sqlite:///{name}.db").get_trials(deepcopy=False)
     except Exception:  # noqa: BLE001 - not created yet, or the database is being written
         return []
+
+
+def test_auto_without_a_cluster_says_what_to_do(monkeypatch):
+    def no_cluster(**_):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    message = r"search.ray.address: no Ray cluster to join \(Could not find any running Ray instance\): start one"
+    with pytest.raises(autonorm.SpecError, match=message):
+        connect("auto")

@@ -301,6 +301,18 @@ def test_a_component_without_a_docstring_has_no_summary_rather_than_its_base_cla
     assert "Batch Normalization" in autonorm.get_registry().get("normalization", "batchnorm").summary
 
 
+def test_a_summary_is_the_docstrings_first_paragraph_not_its_first_line():
+    def wrapped(num_channels):
+        """A first sentence that goes on
+        past its first line.
+
+        The rest."""
+
+    assert Component(kind="normalization", name="w", factory=wrapped).summary == (
+        "A first sentence that goes on past its first line."
+    )
+
+
 def test_a_second_name_for_a_hook_is_no_failure():
     class Aliased:
         @autonorm.hookimpl

@@ -127,7 +127,14 @@ def connect(address: str | None, **local: Any) -> bool:
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:  # "auto" with no cluster here: Ray's message names flags autonorm lacks
+            raise SpecError(
+                f"no Ray cluster to join ({str(exc).splitlines()[0].split('.')[0]}): start one with `ray start "
+                "--head`, set $RAY_ADDRESS, or leave the address out to start a Ray for this search",
+                path="search.ray.address",
+            ) from None
         return True
     # Ray turns a node address of 127.0.0.1 into the machine's network address unless multi-node
     # clusters are off (as on macOS and Windows); then the node is 127.0.0.1 and its servers bind there
