@@ -24,6 +24,7 @@ from autonorm.results import StudyResults, TrialRecord, is_run_again, place, res
 from autonorm.space import searched_domains
 from autonorm.spec import Candidate, SearchSpec
 from autonorm.storage import alone, has_heartbeats, mask_url, open_storage
+from autonorm.yamlfile import placed
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -228,11 +229,8 @@ def check_distributions(study: optuna.Study, spec: SearchSpec) -> None:
             else:
                 now_text = f"lists {is_}" if is_ is not None else f"searches it as {_described(now)}"
                 problem = f"searched {name} by position in the ordered values {was}; this space {now_text}"
-        raise SpecError(
-            f"study {spec.name!r} {problem}; resume with the same choices, or give the search a new name",
-            file=spec.source,
-            path=path,
-        )
+        message = f"study {spec.name!r} {problem}; resume searching it as before, or give the search a new name"
+        raise placed(SpecError(message, path=path), spec.source)
 
 
 def _described(distribution: optuna.distributions.BaseDistribution, ordered: list | None = None) -> str:
