@@ -172,7 +172,10 @@ def _label(t: TrialRecord) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    """4 significant digits; a whole number as it is (a parameter count: 77082, not 7.708e+04)."""
+    if value is None:
+        return "-"
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
 # ------------------------------------------------------------------ sections

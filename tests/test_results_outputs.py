@@ -312,6 +312,7 @@ def test_report_holds_every_plot_and_plotly_itself(multi_study, cli, tmp_path):
     assert "Learning curves of the best trials" in page and 'class="note"' not in page
     assert page.count(FIGURE) == 5
     assert page.count("plotly.js v") == 1 and "<script src=" not in page  # inlined once, nothing fetched
+    assert report._fmt(77082.0) == "77082" and report._fmt(0.123456) == "0.1235"  # a count whole, not 7.708e+04
 
 
 def test_report_of_a_small_study_says_what_is_missing(tmp_path, cli):
