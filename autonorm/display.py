@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from autonorm.registry import Registry
+from autonorm.registry import Registry, get_registry
 from autonorm.results import StudyResults, TrialRecord
 from autonorm.spec import SEARCHED_KINDS, TRAIN_PARAMS, SearchSpec
 
@@ -168,13 +168,25 @@ def _choice(choice: Any, shown: Callable[[str, str], bool] = lambda name, key: T
 
 def _varying(configs: list[Any], kind: str) -> Callable[[str, str], bool]:
     """Whether a component's hyperparameter takes more than one value among the configurations that chose
-    it: a leaderboard column shows those only (``groupnorm(groups=4)``, not ``elu(alpha=1)`` every row)."""
+    it, or another than its declared default: a leaderboard column shows those only
+    (``groupnorm(groups=4)``, not ``elu(alpha=1)`` on every row)."""
     values: dict[tuple[str, str], set[str]] = {}
     for config in configs:
         choice = config.components.get(kind)
         for key, value in (choice.params.items() if choice is not None else ()):
             values.setdefault((choice.name, key), set()).add(repr(value))
-    return lambda name, key: len(values.get((name, key), ())) > 1
+
+    def default(name: str, key: str) -> str | None:
+        try:
+            return repr(get_registry().get(kind, name).params[key].default)
+        except KeyError:  # a plugin not installed here, or a parameter it no longer declares
+            return None
+
+    def shown(name: str, key: str) -> bool:
+        seen = values.get((name, key), set())
+        return len(seen) > 1 or seen != {default(name, key)}
+
+    return shown
 
 
 def failed_table(results: StudyResults) -> Table | None:

@@ -152,7 +152,7 @@ def test_multi_objective_search_shows_the_pareto_front(multi_study, cli):
 def test_the_leaderboard_shows_every_objective_and_the_model_hyperparameters_that_vary():
     def record(n: int, width: int, values: tuple[float, float]) -> TrialRecord:
         components = {
-            "normalization": {"name": "groupnorm", "params": {"groups": width // 4, "eps": 1e-5}},
+            "normalization": {"name": "groupnorm", "params": {"groups": width // 4}},
             "activation": {"name": ("elu", "relu")[n], "params": {"alpha": 1.0} if n == 0 else {}},
         }
         config = autonorm.TrialConfig(
@@ -175,7 +175,10 @@ def test_the_leaderboard_shows_every_objective_and_the_model_hyperparameters_tha
     ]  # fmt: skip
     shown = screen.getvalue()
     assert "0.03" in shown and "1442 " in shown
-    assert "groupnorm(groups=2)" in shown and "eps" not in shown and "alpha" not in shown  # only what varies
+    assert "groupnorm(groups=2)" in shown and "alpha" not in shown  # what varies or is not the default
+    elu = {"activation": {"name": "elu", "params": {"alpha": 0.5}}}
+    one = autonorm.TrialConfig.model_validate({**trials[0].config.model_dump(), "components": elu})
+    assert display._varying([one], "activation")("elu", "alpha")  # one trial, searched away from the default
 
 
 def test_best_with_a_bound_or_a_trial_number(multi_study, cli, tmp_path):
