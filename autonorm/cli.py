@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="print a study's leaderboard")
     _study_args(p)
-    p.add_argument("--top", type=positive, default=10)
+    p.add_argument("--top", type=positive, default=10, help="leaderboard rows (default 10)")
     p.add_argument("--jsonl", action="store_true", help="one JSON object per trial (per cell of a comparison) instead")
     p.set_defaults(func=cmd_results)
 
