@@ -72,7 +72,7 @@ def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
     costs = [(key, header) for key, header in _COSTS if key not in results.objectives]
     columns = ("#", "trial", *states, *results.objectives, *model_keys, *kinds, *train_keys, *epochs)
     for column in (*columns, *(header for _, header in costs)):
-        table.add_column(column, justify="right" if column in ("#", "trial") else "left")
+        table.add_column(column, justify="right" if column in ("#", "trial") else "left", overflow="fold")
     for rank, t in enumerate(results.leaderboard(limit), 1):
         comps = t.config.components if t.config else {}
         train = t.config.train if t.config else {}

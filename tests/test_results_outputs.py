@@ -179,6 +179,9 @@ def test_the_leaderboard_shows_every_objective_and_the_model_hyperparameters_tha
     elu = {"activation": {"name": "elu", "params": {"alpha": 0.5}}}
     one = autonorm.TrialConfig.model_validate({**trials[0].config.model_dump(), "components": elu})
     assert display._varying([one], "activation")("elu", "alpha")  # one trial, searched away from the default
+    narrow = io.StringIO()
+    Console(file=narrow, width=80, color_system=None).print(display.leaderboard_table(results))
+    assert "…" not in narrow.getvalue()  # a narrow terminal or a log wraps cells rather than cutting them
 
 
 def test_best_with_a_bound_or_a_trial_number(multi_study, cli, tmp_path):
