@@ -147,6 +147,23 @@ def queue_rerun(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     )
 
 
+#: How many times in a row the configuration of a trial whose process was killed runs again: one that
+#: kills every worker that takes it (memory) must not take the search down with it.
+MAX_RERUNS = 3
+
+
+def rerun_stopped(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue the configuration of a trial whose process stopped (killed; its heartbeats, or its process
+    on this machine, gone) to run again in its place, as an interrupted trial's is, up to
+    :data:`MAX_RERUNS` times in a row."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    reruns, earlier = 0, trial
+    while (number := earlier.user_attrs.get("retry_of")) is not None and number in trials:
+        reruns, earlier = reruns + 1, trials[number]
+    if reruns < MAX_RERUNS:
+        queue_rerun(study, trial)
+
+
 def notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:
     """Call each plugin's implementation of a trial-lifecycle hook (a tracker's) on its own: one that
     raises is reported as a warning naming it, and neither the trial nor the other trackers suffer."""

@@ -87,24 +87,13 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
         raise SpecError(f"cannot open storage {mask_url(url)}: {reason}", path="search.storage") from None
 
 
-#: How many times in a row the configuration of a trial whose process was killed runs again: one that
-#: kills every worker that takes it (memory) must not take the search down with it.
-MAX_RERUNS = 3
-
-
 def rerun_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Heartbeats' callback for a killed process's trial: its configuration runs again in its place, as
-    an interrupted trial's does (:func:`autonorm.objective.queue_rerun`), up to :data:`MAX_RERUNS` times.
+    """Heartbeats' callback for a killed process's trial (:func:`autonorm.objective.rerun_stopped`).
     Optuna's own retry copies the trial's attributes, the pruner's rungs among them, so the copy would
     skip the rungs the killed trial had passed."""
-    from autonorm.objective import queue_rerun  # the objective's module imports this one's importers
+    from autonorm.objective import rerun_stopped  # the objective's module imports this one's importers
 
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    reruns, earlier = 0, trial
-    while (number := earlier.user_attrs.get("retry_of")) is not None and number in trials:
-        reruns, earlier = reruns + 1, trials[number]
-    if reruns < MAX_RERUNS:
-        queue_rerun(study, trial)
+    rerun_stopped(study, trial)
 
 
 def _open_journal(path: str, must_exist: bool) -> optuna.storages.BaseStorage:

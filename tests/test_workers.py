@@ -22,8 +22,9 @@ from autonorm.backends.optuna import TARGET_ATTR, open_search_study
 from autonorm.backends.workers import STORAGE_ENV, worker_spec
 from autonorm.cli import main
 from autonorm.interrupts import interrupt_once
+from autonorm.objective import MAX_RERUNS
 from autonorm.results import NOT_NEEDED, STOPPED, TrialRecord
-from autonorm.storage import MAX_RERUNS, open_storage, rerun_stale
+from autonorm.storage import open_storage, rerun_stale
 from tests.conftest import AUTONORM, write
 from tests.pg import postgres_url  # noqa: F401 - a fixture
 

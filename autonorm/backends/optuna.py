@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autonorm.errors import SpecError
-from autonorm.objective import make_objective, queue_rerun
+from autonorm.objective import make_objective, rerun_stopped
 from autonorm.params import FilePath, Fixed, Ordered
 from autonorm.registry import Registry
 from autonorm.results import StudyResults, TrialRecord, is_run_again, place, results_of
@@ -158,8 +158,8 @@ class Distinct:
             if not is_run_again(t) and "repeat_of" not in t.user_attrs
         ]
         superseded = {t.user_attrs["rejudges"] for t in kept if "rejudges" in t.user_attrs}
-        numbers = {t.number for t in kept} - superseded
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.number in numbers]
+        shown = [t for t in kept if t.number not in superseded and (states is None or t.state in states)]
+        return copy.deepcopy(shown) if deepcopy else shown
 
 
 def open_search_study(spec: SearchSpec, worker: bool = False) -> optuna.Study:
@@ -304,7 +304,7 @@ def fail_orphans(study: optuna.Study, every: bool = False) -> None:
             study.tell(t.number, state=TrialState.FAIL)
         except ValueError:  # another process got there first
             continue
-        queue_rerun(study, t)
+        rerun_stopped(study, t)
 
 
 def _alive(pid: int) -> bool:
