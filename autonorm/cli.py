@@ -20,7 +20,7 @@ from autonorm import __version__, display
 from autonorm.api import search
 from autonorm.backends.optuna import open_search_study
 from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
-from autonorm.comparison import Comparison, compare, is_protocol, load_comparison, load_protocol
+from autonorm.comparison import Comparison, check_tasks, compare, is_protocol, load_comparison, load_protocol
 from autonorm.errors import SpecError, output_file
 from autonorm.final import train
 from autonorm.interrupts import interrupted_once, stop_if_interrupted
@@ -138,8 +138,10 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    registry = get_registry()
     if is_protocol(args.space):
-        proto, specs = load_protocol(args.space, get_registry())
+        proto, specs = load_protocol(args.space, registry)
+        check_tasks(args.space, proto, specs, registry)  # each task's data loads and has a test split
         failing = {pair: spec for pair, spec in specs.items() if isinstance(spec, SpecError)}
         console.print(
             f"[green]ok[/green] {args.space}: comparison {proto.name!r} of {proto.kind}, "
@@ -151,11 +153,13 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         for (task, cand), error in failing.items():
             console.print(f"  [yellow]{cand} on {task} cannot run[/yellow]: {escape(error.message)}")
         return 0
-    spec = load_spec(args.space)
+    spec = load_spec(args.space, registry)
+    data = spec.load_data(registry)  # as a search does first: a missing or bad data file is found here
     console.print(
         f"[green]ok[/green] {args.space}: study {spec.name!r}, {spec.search.trials} trials, "
         f"storage {mask_url(spec.storage)}"
     )
+    console.print(f"  data {display.data_line(spec.dataset.name, data)}")
     for kind, candidates in spec.space.items():
         # a choice that leaves this kind out altogether (FRN brings its own activation)
         without = [c.name for cands in spec.space.values() for c in cands if kind in c.component.excludes]

@@ -116,15 +116,16 @@ def test_bad_input_is_a_located_error_and_leaves_the_storage_intact(
 
 def test_a_missing_data_file_is_named_with_the_space_file_that_names_it(tmp_path, capsys):
     space = write(tmp_path / "space.yaml", GOOD + "data: {dataset: npz, path: missing.npz}\n")
-    assert main(["search", str(space), "-q"]) == 2
-    err = " ".join(capsys.readouterr().err.split())
-    assert err == f"error: {space}:5:22: data.path ({tmp_path / 'missing.npz'}): no such file", err
+    for command in (["search", str(space), "-q"], ["validate", str(space)]):
+        assert main(command) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err == f"error: {space}:5:22: data.path ({tmp_path / 'missing.npz'}): no such file", err
     assert not (tmp_path / "intact.db").exists()  # stopped before it opened the study
 
 
 def test_a_comparison_checks_every_tasks_data_before_it_trains_anything(tmp_path, capsys):
     """A missing file in the last task, or a task without a test split, stops the comparison at once,
-    placed in the protocol, and leaves no pair database behind."""
+    placed in the protocol, and leaves no pair database behind; validate finds the same."""
     head = "name: c\nkind: normalization\ncandidates: [batchnorm]\nmodel: {backbone: small_cnn, depth: 1, width: 4}\n"
     for tasks, message in [
         (
@@ -137,9 +138,10 @@ def test_a_comparison_checks_every_tasks_data_before_it_trains_anything(tmp_path
         ),
     ]:
         protocol = write(tmp_path / "p.yaml", head + tasks)
-        assert main(["compare", str(protocol), "-q"]) == 2
-        err = " ".join(capsys.readouterr().err.split())
-        assert message in err and "Traceback" not in err, err
+        for command in (["compare", str(protocol), "-q"], ["validate", str(protocol)]):
+            assert main(command) == 2
+            err = " ".join(capsys.readouterr().err.split())
+            assert message in err and "Traceback" not in err, err
         assert not list(tmp_path.glob("*.db"))
 
 

@@ -2,6 +2,7 @@
 the others call the same entry point in-process, because each new process spends seconds importing torch."""
 
 import json
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -62,6 +63,7 @@ def test_plugins_lists_components_with_package_and_params(with_plugins, cli):
 def test_validate_summarizes_the_space(tmp_path, cli):
     out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", TINY_SPACE)))
     assert "ok" in out and "normalization: batchnorm, groupnorm" in out and "searched: lr" in out
+    assert re.search(r"data digits: \d+ train / \d+ validation / \d+ test, 1x8x8, 10 classes", out), out
     one_choice = TINY_SPACE.replace("batch_size: 64", "batch_size: [64]")  # a list of one value is fixed
     out, _ = cli("validate", str(write(tmp_path / "tiny.yaml", one_choice)))
     assert "searched: lr\n" in out or out.rstrip().endswith("searched: lr"), out
