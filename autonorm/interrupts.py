@@ -3,8 +3,10 @@
 A terminal's Ctrl-C reaches the workers of ``--workers N`` and their parent, which passes it on to the
 workers it started; and a user often presses it more than once. A second KeyboardInterrupt while the
 first is being handled (Optuna recording the trial, the storage writing it) leaves the trial half
-recorded, or hangs on a locked database; so after the first, Ctrl-C is ignored until the command
-ends (SIGTERM and SIGKILL still stop it at once). And a KeyboardInterrupt that lands inside a
+recorded, or hangs on a locked database, and one while Python exits prints a traceback from a
+finalizer; so after the first, Ctrl-C is ignored until the command ends (SIGTERM and SIGKILL still
+stop it at once). The ``autonorm`` command installs :func:`interrupt_once` before it imports
+anything heavy, so this holds from its start. And a KeyboardInterrupt that lands inside a
 finalizer is swallowed by Python ("Exception ignored in ..."): the Ctrl-C is remembered, and
 :func:`stop_if_interrupted` ends the search after its trial.
 """
@@ -15,18 +17,19 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 _interrupted = threading.Event()
 
 
 def interrupt_once(signum: int, frame: Any) -> None:
     """SIGINT handler: the first Ctrl-C raises KeyboardInterrupt and is remembered; later ones are ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _interrupted.set()
-    raise KeyboardInterrupt
+    if not _interrupted.is_set():
+        _interrupted.set()
+        raise KeyboardInterrupt
 
 
 def stop_if_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import time
 
 import optuna
@@ -9,7 +10,7 @@ import pytest
 
 import autonorm
 from autonorm.interrupts import interrupted_once, stop_if_interrupted
-from tests.conftest import TINY_SPACE, write
+from tests.conftest import AUTONORM, TINY_SPACE, write
 
 
 def test_a_ctrl_c_that_python_swallowed_still_ends_the_search_after_its_trial(tmp_path):
@@ -40,3 +41,21 @@ def test_a_swallowed_ctrl_c_is_raised_when_the_block_ends():
             pass
         os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: ignored
         time.sleep(0.1)
+
+
+def test_ctrl_c_pressed_twice_while_the_command_starts_ends_it_quietly(tmp_path):
+    """The command spends seconds importing torch and the plugins; a terminal's Ctrl-C (and the copy the
+    parent of --workers passes on) used to print a traceback from inside an import, or from a finalizer
+    while Python exited."""
+    path = write(tmp_path / "tiny.yaml", TINY_SPACE)
+    proc = subprocess.Popen(
+        [AUTONORM, "search", str(path), "-q"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)  # importing
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT), out + err  # a shell shows both as 130
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert not (tmp_path / "tiny.db").exists()  # nothing had started

@@ -131,7 +131,7 @@ def run_workers(spec: SearchSpec, workers: int, callbacks: Sequence[Callback] = 
     check_shareable(spec.storage, workers)
     study = open_search_study(spec)
     set_target(study, spec.search.trials)
-    command = [sys.executable, "-m", "autonorm.cli", "worker", spec.name, "--quiet"]
+    command = [sys.executable, "-m", "autonorm", "worker", spec.name, "--quiet"]
     env = {**os.environ, STORAGE_ENV: spec.storage}
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
     seen: set[int] = set()
