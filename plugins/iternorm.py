@@ -16,7 +16,8 @@ the official code writes the backward by hand). For evaluation it keeps exponent
 eps 1e-5, momentum 0.1. T = 5 whitens only partially by design (the paper's trade-off against the
 noise of estimating Sigma on a small batch); larger T approaches ZCA whitening.
 
-Group size: ``D = min(group_size, C)``, halved until it divides C, as the official constructor does.
+Group size: ``D = group_size``, halved until it divides C, as the official constructor does (so 24
+channels with ``group_size`` 32 whiten in groups of 8, and 16 channels in one group of 16).
 The default D = 16 suits narrow search backbones (official: 64 for ImageNet ResNets, the whole
 layer up to 512 for CIFAR VGGs). Statistics are computed in float32 at least, also under autocast.
 """
@@ -43,7 +44,7 @@ class IterNorm(nn.Module):
         affine: bool = True,
     ) -> None:
         super().__init__()
-        size = max(1, min(group_size, num_channels))
+        size = max(1, group_size)
         while num_channels % size:
             size //= 2
         self.num_channels, self.group_size, self.groups = num_channels, size, num_channels // size

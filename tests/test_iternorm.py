@@ -65,9 +65,34 @@ def test_groups_are_consecutive_channels_and_independent():
 
 
 def test_group_size_halves_until_it_divides_the_channels():
+    """As the official constructor: no capping at C first, so 24 channels of group size 32 make groups of 8."""
     assert IterNorm(24, group_size=16).group_size == 8
-    assert IterNorm(6, group_size=16).group_size == 6
+    assert IterNorm(24, group_size=32).group_size == 8
+    assert IterNorm(6, group_size=16).group_size == 2
+    assert IterNorm(16, group_size=64).group_size == 16
     assert IterNorm(10, group_size=4).group_size == 2
+
+
+def newton_whitened(x, iterations, eps=1e-5):
+    """Algorithm 1 of the paper on (m, D) rows, step by step: eps on the diagonal before the trace."""
+    xc = x - x.mean(0)
+    sigma = eps * torch.eye(x.shape[1], dtype=x.dtype) + xc.T @ xc / len(x)
+    trace = torch.trace(sigma)
+    p = torch.eye(x.shape[1], dtype=x.dtype)
+    for _ in range(iterations):
+        p = 1.5 * p - 0.5 * p @ p @ p @ (sigma / trace)
+    return xc @ (p / trace.sqrt()).T
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 5])
+def test_output_is_exactly_the_newton_iteration_at_t(iterations):
+    """T = 5 (the default) whitens partially; the output must be that partial whitening exactly, not a
+    closer or looser one (one iteration more or less, or eps added after the trace, fails here)."""
+    x = correlated(512, 8) * 1e-2  # small variances: where eps placement shows
+    out = IterNorm(8, group_size=8, iterations=iterations, affine=False).double()(x)
+    torch.testing.assert_close(out, newton_whitened(x, iterations), atol=1e-9, rtol=1e-7)
+    other = newton_whitened(x, iterations + 1)
+    assert (out - other).abs().max() > 1e-4
 
 
 def test_eval_uses_running_whitening_matrix():
