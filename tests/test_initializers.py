@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from autonorm_plugins.autoinit import autoinit, mapped_moments
 from autonorm_plugins.bn_gamma import ScaleLearningRate
+from autonorm_plugins.gradinit import gradinit
+from autonorm_plugins.kaiming import kaiming
 from autonorm_plugins.nf_residual import Scaled
 from autonorm_plugins.resnet import BasicBlock
 from torch import nn
@@ -265,3 +267,71 @@ def test_autoinit_passes_unknown_modules_through_with_a_warning_and_falls_back_w
         autoinit(nn.Sequential(nn.Linear(4, 4), Doubler(), nn.Linear(4, 4)))
     with pytest.warns(UserWarning, match="cannot be traced"):
         autoinit(Untraceable())
+
+
+def two_layer_net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+
+
+def reference_gradinit(net, x, y, iters, gamma, optimizer="sgd", eta=0.1, lr=0.05, min_scale=0.01, clip=1.0):
+    """GradInit on ``two_layer_net`` written out by hand (Zhu et al. 2021, Algorithm 1, and the official
+    RescaleAdam): the scales of the two weight matrices, and how many steps of each kind were taken."""
+    w1, b1, w2, b2 = (p.detach().clone() for p in (net[1].weight, net[1].bias, net[4].weight, net[4].bias))
+    scales, second, counts = [1.0, 1.0], [0.0, 0.0], {True: 0, False: 0}
+    first = {True: [0.0, 0.0], False: [0.0, 0.0]}  # by "is a constraint step"
+    gen = torch.Generator().manual_seed(0)  # the split of the one sample batch, as the plugin draws it
+    third = len(x) // 3
+    for _ in range(iters):
+        perm = torch.randperm(len(x), generator=gen)
+        s0, s1 = perm[: 2 * third], torch.cat([perm[:third], perm[2 * third :]])
+        a = torch.tensor(scales, requires_grad=True)
+        params = [a[0] * w1, b1.clone().requires_grad_(), a[1] * w2, b2.clone().requires_grad_()]
+
+        def loss(p, rows):
+            hidden = torch.relu(x[rows].flatten(1) @ p[0].T + p[1])  # no dropout: it is off
+            return F.cross_entropy(hidden @ p[2].T + p[3], y[rows])
+
+        g = torch.autograd.grad(loss(params, s0), params, create_graph=True)
+        if optimizer == "sgd":
+            norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+            step = [(gi / norm).detach() for gi in g]
+        else:
+            norm = sum(gi.abs().sum() for gi in g)
+            step = [gi.sign().detach() for gi in g]
+        constraint = norm.item() > gamma
+        objective = norm if constraint else loss([p - eta * s for p, s in zip(params, step, strict=True)], s1) / eta
+        (grad,) = torch.autograd.grad(objective, a)
+        counts[constraint] += 1
+        total = counts[True] + counts[False]
+        for i in range(2):
+            gi = max(-clip, min(clip, grad[i].item()))
+            first[constraint][i] = 0.9 * first[constraint][i] + 0.1 * gi
+            second[i] = 0.999 * second[i] + 0.001 * gi * gi
+            m = first[constraint][i] / (1 - 0.9 ** counts[constraint])
+            v = second[i] / (1 - 0.999**total)
+            scales[i] = max(min_scale, scales[i] - lr * m / (math.sqrt(v) + 1e-8))
+    return scales, counts
+
+
+@pytest.mark.parametrize(
+    "optimizer, gamma, clip",  # at clip 1 every gradient is clipped; at 100 their sizes count
+    [("sgd", 1e9, 100.0), ("sgd", 4.0, 100.0), ("sgd", 0.0, 100.0), ("adam", 80.0, 100.0), ("sgd", 4.0, 1.0)],
+)
+def test_gradinit_learns_the_scales_algorithm_1_gives(digits, optimizer, gamma, clip):
+    """Scale by scale, as the algorithm written out by hand: the normalized (or sign) step treated as a
+    constant, the loss after it on S1 over eta, the gradient-norm constraint, separate first moments for the
+    two kinds of step, clipping and floors; and dropout off (with it on, the two would differ)."""
+    x, y = digits
+    torch.manual_seed(0)
+    reference = two_layer_net()
+    kaiming(reference)
+    expected, counts = reference_gradinit(reference, x, y, iters=12, gamma=gamma, optimizer=optimizer, clip=clip)
+    if 0 < gamma < 1e9:
+        assert counts[True] and counts[False]  # both kinds of step are taken
+    torch.manual_seed(0)
+    net = two_layer_net()
+    gradinit(net, x, y, optimizer=optimizer, gamma=gamma, iters=12, grad_clip=clip)
+    with torch.no_grad():
+        got = [float((net[i].weight * reference[i].weight).sum() / reference[i].weight.square().sum()) for i in (1, 4)]
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert net.training and net[3].training  # modes restored
