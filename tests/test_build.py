@@ -97,10 +97,14 @@ def test_groupnorm_needs_divisible_channels():
 
 
 def test_kaiming_gives_he_variance():
+    """Convolutions by their fan_out (torchvision's ResNets); the linear classifier by its fan_in, so that
+    its logits do not scale with the width over the number of classes."""
     net = build_model(config(model="small_cnn", width=64))
     conv = net.features[2]
     fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
     assert conv.weight.var().item() == pytest.approx(2 / fan_out, rel=0.1)
+    (head,) = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert head.weight.var().item() == pytest.approx(2 / head.in_features, rel=0.2)
 
 
 def test_build_model_of_a_trial_instead_of_its_config_says_what_it_takes():
