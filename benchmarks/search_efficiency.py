@@ -38,9 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import autonorm_plugins
 import optuna
 import torch
 
+import autonorm
 from autonorm import build_model, get_registry, load_spec
 from autonorm.backends.optuna import PlaceSeeded, first_rung, make_pruner
 from autonorm.build import build_training_methods
@@ -72,11 +74,22 @@ def configuration(spec, data, norm: str, act: str, pool: str, lr: float):
     return sample_config(optuna.trial.FixedTrial(choice), spec, data.input_shape, data.num_classes)
 
 
+def source_digest() -> str:
+    """A digest of autonorm's and its built-in plugins' source: a change to how models are built or trained
+    (an initializer's default, say) trains the tables again."""
+    roots = [Path(autonorm.__file__).parent, Path(autonorm_plugins.__file__).parent]
+    digest = hashlib.sha256()
+    for path in sorted(p for root in roots for p in root.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def exhaustive_table(spec, data, seed: int) -> dict[str, list[float]]:
     """Validation accuracy after each epoch for every configuration trained with ``seed`` (cached, by the
-    space, the seed, torch's version and the full configuration a trial resolves, training defaults included)."""
+    space, the seed, torch's version, the source of autonorm and its plugins, and the full configuration a
+    trial resolves, training defaults included)."""
     resolved = configuration(spec, data, NORMS[0], ACTS[0], POOLS[0], LRS[0]).model_dump(mode="json")
-    identity = json.dumps([SPACE, seed, torch.__version__, resolved], sort_keys=True)
+    identity = json.dumps([SPACE, seed, torch.__version__, source_digest(), resolved], sort_keys=True)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     cache = Path(tempfile.gettempdir()) / f"autonorm_search_efficiency_{digest}.json"
     if cache.is_file():
