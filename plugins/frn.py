@@ -21,6 +21,12 @@ Decision on the open point of its form: with ``learned_eps=True`` the layer uses
 with a learned scalar ``eps_l`` starting at 1e-4 (not 0: ``|.|`` has no gradient at 0), so eps never
 drops below the fixed floor. The mean square is computed in float32 at least, as half precision
 overflows.
+
+Decisions (u): no learning-rate warm-up comes with FRN (the paper trains with one; a trial's schedule is
+``train.schedule``'s, as for every normalization, so comparisons share it). ``(N, C)`` features (after
+global pooling, in an MLP) are refused with a ValueError rather than normalized: with no spatial extent
+the layer would compute ``x / sqrt(x^2 + eps)``, a sign function; the backbones place normalization on
+``(N, C, *spatial)`` maps only.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ Residual branches, as in the official ResNets (``Cifar100/models/resnet_nobn.py`
 output of each branch (its last conv, with bias) is multiplied by a learnable scalar initialized to
 ``1.2**L / k``, L the branch's convs (2 in a basic block, 3 in a bottleneck) and k the block's position
 in the whole network, counted from 1; the shortcut is not scaled and the ReLU follows the sum. The
-scalar is trained like every other parameter (weight decay included). It is declared as
+scalar is trained like every other parameter; weight decay reaches it (and the body biases) only with
+``train.weight_decay_on: all`` (the official runs decay every parameter; autonorm's default decays the
+weight matrices and filters only). It is declared as
 ``Component.residual_scale``, which the ``resnet`` backbone places; ``small_cnn`` has no residual
 blocks and gets none.
 

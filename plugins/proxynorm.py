@@ -22,7 +22,9 @@ residual sum is plain ``phi``. Decisions (u):
 
 - the PN-activation replaces the searched activation, with ``phi = ReLU`` (the paper's ResNet
   experiments; the official EfficientNets use swish); the activation after a residual sum is ReLU too;
-- norm eps 1e-5; GN default 4 groups, as in the official EfficientNet scripts. With autonorm's default
+- norm eps 1e-3 (``NORM_EPS``) and GN default 4 groups, as in the official EfficientNet scripts
+  (``--norm-epsilon``); the norm that ends a branch keeps its shift as well as its scale (the official
+  one keeps only the scale, ``center=False``), as the method's description has it. With autonorm's default
   ``train.weight_decay_on: weights`` none of PN's per-channel parameters is decayed: the official code
   leaves gamma/beta out of weight decay too, but gives gamma'/beta' a decay of their own.
 """
@@ -77,10 +79,14 @@ class ProxyNormActivation(nn.Module):
         return torch.addcmul((-mean * inv_std).view(shape), z, inv_std.view(shape))  # saves only z for backward
 
 
+#: The LN/GN epsilon of the official EfficientNet scripts (``--norm-epsilon``).
+NORM_EPS = 1e-3
+
+
 def _group_norm(num_channels: int, groups: int, affine: bool) -> nn.Module:
     if num_channels % groups:
         raise ValueError(f"proxynorm_gn: {num_channels} channels cannot be split into {groups} groups")
-    return nn.GroupNorm(groups, num_channels, eps=1e-5, affine=affine)
+    return nn.GroupNorm(groups, num_channels, eps=NORM_EPS, affine=affine)
 
 
 def proxynorm_gn(num_channels: int, groups: int = 4) -> nn.Module:

@@ -5,7 +5,14 @@ from statistics import NormalDist
 
 import pytest
 import torch
-from autonorm_plugins.proxynorm import ProxyNormActivation, proxy_points, proxynorm_gn
+from autonorm_plugins.proxynorm import (
+    ProxyNormActivation,
+    proxy_points,
+    proxynorm_gn,
+    proxynorm_gn_pair,
+    proxynorm_ln,
+    proxynorm_ln_pair,
+)
 from torch import nn
 
 from autonorm import TrialConfig, build_model
@@ -117,3 +124,9 @@ def test_proxy_norm_sits_where_a_norm_is_followed_by_an_activation(norm, groups)
     assert len(acts) == 1 + 3  # the stem's and one per block (3 at depth 8)
     model(torch.randn(2, 1, 8, 8)).sum().backward()
     assert all(a.proxy_weight.grad is not None and a.proxy_weight.grad.abs().sum() > 0 for a in acts)
+
+
+def test_the_norms_take_the_official_epsilon():
+    """LN/GN eps 1e-3 (the official EfficientNet scripts' --norm-epsilon), not PyTorch's 1e-5."""
+    norms = [m for f in (proxynorm_gn, proxynorm_gn_pair, proxynorm_ln, proxynorm_ln_pair) for m in f(8).modules()]
+    assert {m.eps for m in norms if isinstance(m, nn.GroupNorm)} == {1e-3}
