@@ -15,7 +15,10 @@ Instead the component's normalization is the identity and IC comes with its acti
 and the classifier after global average pooling, which is linear) reads an IC output: the paper's
 order. In a ResNet a norm with no activation after it (before the residual sum) is the identity, and the
 ReLU -> IC after the sum feeds the next block's convs and its identity shortcut (u: the paper's residual
-wiring is not confirmed; this keeps an IC before every weight layer). The activation is the paper's ReLU
+wiring is not confirmed; this keeps an IC before every weight layer, at the price of normalizing and
+dropping the residual stream itself at every block. The other reading, an IC at the start of each
+residual branch with the shortcut untouched, would need the backbone to place a layer there, which
+``Layers`` does not offer). The activation is the paper's ReLU
 and is not searched.
 
 Defaults: p = 0.05 (u: the paper reports small rates, about 0.05-0.1 on CIFAR ResNets), searched in
