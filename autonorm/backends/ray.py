@@ -140,10 +140,15 @@ def connect(address: str | None, **local: Any) -> bool:
     # clusters are off (as on macOS and Windows); then the node is 127.0.0.1 and its servers bind there
     clusters = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
+    # "Token authentication is enabled for this Ray cluster": a local Ray's default, said on every search
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
     try:
         ray.init(address="local", include_dashboard=False, **quiet, **local)  # not a `ray start` cluster
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters
+        notice.setLevel(level)
     return True
 
 
