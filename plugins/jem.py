@@ -10,19 +10,26 @@ where x_sampled comes from ``steps`` SGLD steps x <- x + step_size * grad_x LSE 
 (step size and noise set independently, as in the paper's code), started from a persistent replay buffer of
 ``buffer_size`` images; each chain starts from fresh uniform noise instead with probability ``reinit``. The
 final samples are written back to the buffer rows they came from and enter the loss detached, so the
-generative term trains the model only. ``weight_x = 0`` is plain cross-entropy (the sampler is not run).
+generative term trains the model only. As in the paper's code, the labelled batch x gets Gaussian noise of
+std ``data_noise``; ``weight_x = 0`` leaves the cross-entropy on that noisy batch (the sampler is not run),
+which is plain cross-entropy training only with ``data_noise = 0`` too.
 
-Defaults: the paper's step size 1, noise 0.01, reinit 0.05, weight 1 and Gaussian noise of std 0.03 on the
-training images; the paper's K = 20 steps and 10 000 buffer images are cut to CPU-friendly ``steps = 5`` and
-``buffer_size = 1000`` (about (steps + 2) times the compute of plain training).
+Defaults: the paper's step size 1, noise 0.01, reinit 0.05, weight 1 and data noise 0.03; the paper's K = 20
+steps and 10 000 buffer images are cut to CPU-friendly ``steps = 5`` and ``buffer_size = 1000`` (about
+(steps + 2) times the compute of plain training).
 
 Choices made here (the paper's code uses inputs in [-1, 1]; autonorm standardizes them per channel):
 
-- the buffer lives on the data's device; it and the fresh chains are uniform over [min, max] of the training
-  split (exactly U(-1, 1) for data in [-1, 1]); the 0.03 image noise is scaled by half that range;
+- ``step_size``, ``noise`` and ``data_noise`` are in the paper's units, those of data in [-1, 1]. The data's
+  range [min, max] of the training split is taken as the image of [-1, 1], so input z = k x + c with
+  k = (max - min) / 2; since grad_z = grad_x / k, the same Langevin dynamics in z take the step size
+  ``step_size * k**2`` and the noises ``noise * k`` and ``data_noise * k`` (for data in [-1, 1], k = 1);
+- the buffer lives on the data's device; it and the fresh chains are uniform over [min, max] (the image of
+  the paper's U(-1, 1));
 - SGLD runs with the model in eval mode (as the paper's code), which is restored afterwards; the two energy
   terms and the cross-entropy are computed in the model's training mode, the data term and the
   cross-entropy from one forward pass;
+- evaluation is on clean inputs; the paper's code adds the data noise to its test images too (u);
 - JEM assumes no batch-dependent normalization (batch norm makes LSE f(x) depend on the rest of the batch
   and breaks the energy): the component excludes ``normalization:batchnorm``, and :meth:`JEM.setup` fails
   the trial for any other batch-dependent module;
@@ -68,6 +75,7 @@ class JEM(TrainingMethod):
 
     def setup_data(self, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
         self.low, self.high = x.min(), x.max()
+        self.scale = (self.high - self.low) / 2  # k: the data's range is the image of the paper's [-1, 1]
         self.shape = x.shape[1:]
         self.buffer = self.uniform(self.buffer_size, x.device)
 
@@ -82,7 +90,7 @@ class JEM(TrainingMethod):
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.data_noise == 0:
             return x, y
-        return x + self.data_noise * (self.high - self.low) / 2 * torch.randn_like(x), y
+        return x + self.data_noise * self.scale * torch.randn_like(x), y
 
     def initial_chains(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` buffer rows drawn with replacement, each replaced by fresh noise with probability ``reinit``;
@@ -93,12 +101,14 @@ class JEM(TrainingMethod):
         return torch.where(fresh, self.uniform(n, device), self.buffer[idx]), idx
 
     def sample(self, model: nn.Module, n: int) -> torch.Tensor:
-        """``n`` SGLD samples from the buffer (model in eval mode); written back to the buffer, detached."""
+        """``n`` SGLD samples from the buffer (model in eval mode); written back to the buffer, detached.
+        The step size and noise are the paper's, converted to the data's scale k."""
         x, idx = self.initial_chains(n)
+        step_size, noise = self.step_size * self.scale**2, self.noise * self.scale
         training = model.training
         model.eval()
         for _ in range(self.steps):
-            x = sgld_step(model, x, self.step_size, self.noise)
+            x = sgld_step(model, x, step_size, noise)
         model.train(training)
         self.buffer[idx] = x
         return x

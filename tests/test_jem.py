@@ -7,10 +7,12 @@ from autonorm_plugins.jem import JEM, sgld_step
 from torch import nn
 
 import autonorm
-from autonorm import build_model, load_spec
+from autonorm import TrainingMethod, build_model, load_spec
 from autonorm.errors import TrialFailed
+from autonorm.trainer import fit
 from tests.helpers import registry_with_test_components
 from tests.test_build import config
+from tests.test_trainer import TRAIN
 
 
 def tiny_model():
@@ -72,6 +74,55 @@ def test_sampling_writes_back_only_the_drawn_rows_and_restores_the_mode():
     untouched[idx] = False
     assert torch.equal(jem.buffer[untouched], before[untouched])
     assert not samples.requires_grad
+
+
+class Quadratic(nn.Module):
+    """One logit, -a |x|^2 / 2 of x = (z - c) / k: LSE f = -a |x|^2 / 2, so grad_x LSE f = -a x."""
+
+    def __init__(self, a, k, c):
+        super().__init__()
+        self.a, self.k, self.c = a, k, c
+
+    def forward(self, z):
+        x = (z - self.c) / self.k
+        return -self.a / 2 * x.flatten(1).pow(2).sum(1, keepdim=True)
+
+
+def test_sgld_on_standardized_data_is_the_papers_chain_in_minus_one_one_mapped_by_k():
+    """Data z = k x + c with x in [-1, 1]: the plugin's chain in z is k * (the paper's chain in x) + c."""
+    k, c, a = 2.5, 0.3, 0.2
+    x = torch.rand(64, 2, 2, 2) * 2 - 1
+    x[0], x[1] = -1.0, 1.0  # the range [-1, 1] exactly
+    jem = jem_on(k * x + c, steps=4)  # the paper's step size 1 and noise 0.01
+    model = Quadratic(a, k, c)
+    torch.manual_seed(5)
+    start, _ = jem.initial_chains(8)
+    chain = (start - c) / k  # the paper's U(-1, 1) or buffer start
+    for _ in range(4):  # x <- x + 1 * grad_x LSE f(x) + 0.01 * N(0, I), with the plugin's random draws
+        chain = chain + 1.0 * (-a * chain) + 0.01 * torch.randn_like(chain)
+    torch.manual_seed(5)
+    torch.testing.assert_close(jem.sample(model, 8), k * chain + c)
+
+
+class Reseed(TrainingMethod):
+    """Seeds the training loop, so runs with and without JEM's buffer draws see the same batches."""
+
+    def setup(self, model, optimizer):
+        torch.manual_seed(1)
+
+
+def test_weight_x_zero_trains_as_plain_cross_entropy_only_without_data_noise(digits):
+    """Two epochs, so that a sampler run (its random draws) would change the second epoch's batches."""
+
+    def trained(*methods):
+        torch.manual_seed(0)
+        model = build_model(config(model="small_cnn", norm="groupnorm", depth=2, width=8))
+        fit(model, digits, TRAIN, 2, methods=[*methods, Reseed()])
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = trained()
+    assert torch.equal(trained(JEM(weight_x=0.0, data_noise=0.0)), plain)
+    assert not torch.allclose(trained(JEM(weight_x=0.0)), plain)  # the labelled batch still gets the 0.03 noise
 
 
 def seeded(x, **kwargs):
