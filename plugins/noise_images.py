@@ -15,16 +15,22 @@ OPeN ("oversampling with pure noise"), in the final phase of training:
    natural rows alone make the batch and running statistics; noise rows are normalized with their own
    statistics and the same, locked, affine. Batch-independent normalizations need no routing.
 
-Defaults: ``delta = 1/3``; OPeN starts after ``start = 0.8`` of the epochs (the last 40 of 200 epochs
-in the reimplementation on the LDAM-DRW code; the paper's own schedule is not given, (u)); before that,
-training is plain instance-balanced. ``noise_grad``: ``no_grad`` (default) is the Appendix E listing,
-where the noise rows' branch of every DAR-BN runs under ``torch.no_grad()`` (noise then trains only
-the layers after the last routed normalization); ``detach`` only locks the affine and lets gradients flow
-through the noise activations (the paper's figure, (u)). Noise rows take plain cross-entropy with their
-kept label; no extra class.
+Defaults: ``delta = 1/3``, the value of the unofficial reimplementation ``bodhitrii/OPeN`` (the paper's own
+is not confirmed, (u)); OPeN starts after ``start = 0.8`` of the epochs (the last 40 of 200 epochs in that
+reimplementation, on the LDAM-DRW code; the paper's own schedule is not given, (u)); before that, training
+is plain instance-balanced. The start epoch is ``start * epochs`` rounded half up and at most the last
+epoch, so OPeN always runs for at least one epoch (0.8 of 10 epochs: epochs 8 and 9; 0.95 of 10: epoch 9).
+``noise_grad``: ``no_grad`` (default) is the Appendix E listing, where the noise rows' branch of every
+DAR-BN runs under ``torch.no_grad()`` (noise then trains only the layers after the last routed
+normalization); ``detach`` only locks the affine and lets gradients flow through the noise activations
+(the paper's figure, (u)). Noise rows take the cross-entropy with their kept label; no extra class. The
+loss is the training method's: with ``label_smoothing`` the noise rows' targets are smoothed like the
+natural rows' (the kept label gets 1 - eps + eps / K).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -50,7 +56,7 @@ class PureNoiseImages(TrainingMethod):
         self.by_class = torch.argsort(y, stable=True)
         reduce = (0, *range(2, x.ndim))
         self.mean, self.std = x.mean(reduce, keepdim=True), x.std(reduce, unbiased=False, keepdim=True)
-        self.start_epoch = round(self.start * epochs)
+        self.start_epoch = min(math.floor(self.start * epochs + 0.5), max(epochs - 1, 0))
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.router = route_batch_statistics(model, self.noise_grad)

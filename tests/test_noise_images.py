@@ -210,3 +210,33 @@ def test_every_normalization_keeps_noise_out_of_the_natural_rows(norm):
     for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     out.sum().backward()
+
+
+@pytest.mark.parametrize(
+    ("start", "epochs", "noise_epochs"),
+    [
+        (0.95, 1, [0]),
+        (0.95, 2, [1]),
+        (0.95, 10, [9]),
+        (0.8, 10, [8, 9]),
+        (0.8, 200, list(range(160, 200))),
+        (0.5, 5, [3, 4]),
+        (0.0, 3, [0, 1, 2]),
+    ],
+)
+def test_noise_starts_at_start_times_epochs_rounded_half_up_and_runs_at_least_the_last_epoch(
+    start, epochs, noise_epochs
+):
+    """round(0.95 * 10) = 10 in Python left no OPeN epoch; 0.8 of 200 epochs is the reimplementation's last 40."""
+    x, y = counts_data([20, 4], shape=(1, 2))
+    method = PureNoiseImages(start=start)
+    method.setup_data(x, y, epochs)
+    method.setup(nn.Sequential(nn.BatchNorm1d(1)), None)
+    seen = []
+    for epoch in range(epochs):
+        method.transform_batch(x[:8], y[:8])
+        if method.router.mask is not None:
+            seen.append(epoch)
+        method.after_step(None)
+        method.end_epoch(None, epoch)
+    assert seen == noise_epochs
