@@ -18,7 +18,13 @@ No official code is public and the paper leaves these open (u); choices made her
 - the constrained weights get a parameter group of their own (the same settings), whose weight decay
   is switched off when the constrained phase starts: the projection only undoes a radial shrink, and
   Adam's L2 decay, divided by the running gradient scale per entry, is not radial (200 decay-only
-  Adam steps turned a projected weight 35 degrees away from its direction).
+  Adam steps turned a projected weight 35 degrees away from its direction);
+- the step itself is the base optimizer's: the radial component of the gradient is not removed before it,
+  the projection undoes its effect on the norm afterwards;
+- the scale (gamma) and shift of the last normalization, if any, are not constrained and train freely, so the
+  feature scale feeding the constrained layers, and with it the logit scale, can still grow;
+- the optimizer's state (Adam's moments, SGD's momentum) is not projected: its radial part keeps pushing
+  against the projection.
 """
 
 from __future__ import annotations
