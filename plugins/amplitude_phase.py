@@ -20,7 +20,11 @@ Defaults and choices:
 - ``fft = "all"`` transforms every axis of a sample, the channel axis included (the official code); ``"spatial"``
   transforms each channel on its own (the per-channel reading of the paper), so colours do not mix;
 - the recombination acts on the model's inputs, i.e. after autonorm's per-channel standardization (as in the
-  official ImageNet script; its CIFAR script recombines before normalizing) (u);
+  official ImageNet script; its CIFAR script recombines before normalizing) (u). One consequence: the DC
+  (zero-frequency) term's phase is the sign of the mean, so the mixed image's mean is |partner's mean| with
+  the phase source's sign (per channel with ``fft="spatial"``): a dark image given a bright partner's amplitude
+  stays dark (standardized means -1.23 and +0.80 give -0.80), while in the CIFAR script's [0, 1] space every
+  mean is positive and the mixed image takes the partner's brightness;
 - when the coin says no, the batch is left as it is (the official code appends a duplicate of the clean batch,
   which gives the same gradient of the mean loss), so ``prob = 0`` is exactly plain training (u);
 - the loss is the trainer's mean cross-entropy over the doubled batch, i.e. (CE(x) + CE(x~)) / 2: half the
