@@ -10,8 +10,8 @@ whatever came in: ``Var(W) = signal_variance / (fan_in * E[x^2])`` with ``E[x^2]
 - normalization layers (batch, group, layer, instance; scales reset to 1, shifts to 0): ``(0, 1)``;
 - elementwise activations: the moments of ``f(X)`` for ``X ~ N(mean, var)``, by numerical integration;
 - residual addition: means and variances add (the terms are taken as independent);
-- average pooling over ``k`` values: ``(mean, var / k)``; max pooling: Monte Carlo over ``k`` Gaussians
-  (global average pooling: see below);
+- average pooling over ``k`` values, global and adaptive average pooling included: ``(mean, var / k)``
+  (the values taken as independent); max pooling: Monte Carlo over ``k`` Gaussians;
 - dropout: ``var / (1 - p)``; identity, flatten and reshapes pass the signal through.
 
 A module or operation without an estimator passes mean and variance through unchanged, with a warning that
@@ -23,14 +23,10 @@ Choices made here (u):
 - weights are drawn from an untruncated normal (the official default is a truncated one of the same
   variance);
 - the input is taken as mean 0, variance 1 (autonorm standardizes the data per channel) unless a sample
-  batch is given, whose mean and variance are then used, as are its shapes: for the window of global max
-  pooling (one value without a sample), and for a conv's zero padding, which scales the second moment of
-  its output by the mean fraction of kernel taps inside the input, as the official estimator for
-  zero-padding layers does (on 8x8 digits this fraction is far from 1);
-- global average pooling keeps mean and variance: the official estimator takes the positions as
-  independent (variance / positions), which on small feature maps, strongly correlated at initialization,
-  underestimated the pooled variance several-fold (head output variance 5.4 instead of 1 on resnet-20
-  without normalization, 8x8 digits).
+  batch is given, whose mean and variance are then used, as are its shapes: for the window of global and
+  adaptive pooling (one value without a sample), and for a conv's zero padding, which scales the second
+  moment of its output by the mean fraction of kernel taps inside the input, as the official estimator for
+  zero-padding layers does (on 8x8 digits this fraction is far from 1).
 """
 
 from __future__ import annotations
@@ -144,7 +140,7 @@ class _Propagation:
             k = math.prod(_as_tuple(m.kernel_size, node))
             return (mean, var / k) if isinstance(m, nn.modules.pooling._AvgPoolNd) else _max_moments(mean, var, k)
         if isinstance(m, (GlobalAvgPool, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-            return x  # positions taken as fully correlated (see the module docstring)
+            return mean, var / _pooled_count(node)
         if isinstance(m, GlobalMaxPool):
             return _max_moments(mean, var, _spatial_size(node))
         self.warn(f"module {type(m).__name__} ({node.target})")
@@ -195,6 +191,13 @@ def _spatial_size(node: fx.Node) -> int:
     """Values per channel that a global pooling node reduces (1 when shapes are unknown)."""
     meta = node.args[0].meta.get("tensor_meta")
     return math.prod(meta.shape[2:]) if meta is not None else 1
+
+
+def _pooled_count(node: fx.Node) -> int:
+    """Values that a global or adaptive average pooling node averages into each output value (1 when shapes
+    are unknown): input positions over output positions."""
+    meta = node.meta.get("tensor_meta")
+    return _spatial_size(node) // math.prod(meta.shape[2:]) if meta is not None else 1
 
 
 def autoinit(model: nn.Module, sample_batch: torch.Tensor | None = None, signal_variance: float = 1.0) -> None:

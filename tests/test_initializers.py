@@ -2,11 +2,13 @@
 lower loss after one step, AutoInit's unit-variance signal, the variance-preserving residual sum."""
 
 import math
+import statistics
 
 import pytest
 import torch
 import torch.nn.functional as F
 from autonorm_plugins.autoinit import autoinit, mapped_moments
+from autonorm_plugins.baseline_pooling import GlobalAvgPool
 from autonorm_plugins.bn_gamma import ScaleLearningRate
 from autonorm_plugins.gradinit import gradinit
 from autonorm_plugins.kaiming import kaiming
@@ -239,14 +241,51 @@ def test_autoinit_gives_every_weighted_layer_unit_second_moment_on_a_plain_stack
     assert moments == pytest.approx([1.0] * 4, rel=0.3)  # finite width: 256 channels
 
 
-def test_autoinit_keeps_a_deep_unnormalized_resnet_in_a_band(digits):
+def medians(rows):
+    """Per position, the median over the rows."""
+    return [statistics.median(column) for column in zip(*rows, strict=True)]
+
+
+RELU_MEAN, RELU_VAR = 1 / math.sqrt(2 * math.pi), 0.5 - 1 / (2 * math.pi)  # ReLU(X), X ~ N(0, 1)
+
+
+@pytest.mark.parametrize(
+    "pool, averaged, positions",
+    [(nn.AvgPool2d(2), 4, 16), (GlobalAvgPool(), 64, 1), (nn.AdaptiveAvgPool2d(1), 64, 1),
+     (nn.AdaptiveAvgPool2d(2), 16, 4)],
+    ids=["avg_pool", "global", "adaptive_1", "adaptive_2"],
+)  # fmt: skip
+def test_autoinit_average_pooling_keeps_the_mean_and_divides_the_variance_by_the_values_averaged(
+    pool, averaged, positions
+):
+    """Averaging ``k`` values taken as independent (the official estimator): ``(mean, var / k)``. After
+    conv (``(0, 1)``) and ReLU the linear layer gets ``Var(W) = 1 / (fan_in * (var / k + mean^2))``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 64, 1), nn.ReLU(), pool, nn.Flatten(), nn.Linear(64 * positions, 1024))
+    autoinit(net, torch.randn(4, 1, 8, 8))  # the sample supplies the 8x8 shapes
+    second_moment = RELU_VAR / averaged + RELU_MEAN**2
+    assert net[4].weight.var().item() == pytest.approx(1 / (64 * positions * second_moment), rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "norm, layers, head", [("none", (0.3, 4.0), (0.3, 3.0)), ("batchnorm", (0.7, 1.6), (0.4, 1.6))]
+)
+def test_autoinit_keeps_a_deep_resnet_near_unit_variance_over_seeds(digits, norm, layers, head):
+    """ResNet-20, width 8: per seed, the finite width spreads the signal (head output variance from 0.26 to
+    8.6 over these 9 seeds without normalization), so each conv's second moment and the head output variance
+    are taken as medians over the seeds. He init lets the second moments drift several times more across
+    layers."""
     x, _ = digits
-    net = build("autoinit", x, depth=20, width=8)
-    convs = second_moments(net, x, nn.Conv2d)
-    assert 0.3 < min(convs) and max(convs) < 6.0
-    with torch.no_grad():
-        assert 0.3 < net(x).var().item() < 4.0
-    he = second_moments(build("kaiming", depth=20, width=8), x, nn.Conv2d)
+    convs, outputs, he = [], [], []
+    for seed in range(9):
+        net = build("autoinit", x, seed=seed, norm=norm, depth=20, width=8)
+        convs.append(second_moments(net, x, nn.Conv2d))
+        with torch.no_grad():
+            outputs.append(net(x).var().item())
+        he.append(second_moments(build("kaiming", seed=seed, norm=norm, depth=20, width=8), x, nn.Conv2d))
+    convs, he = medians(convs), medians(he)
+    assert layers[0] < min(convs) and max(convs) < layers[1]
+    assert head[0] < statistics.median(outputs) < head[1]
     assert max(he) / min(he) > 2 * max(convs) / min(convs)
 
 
