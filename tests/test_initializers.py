@@ -249,6 +249,14 @@ def medians(rows):
 RELU_MEAN, RELU_VAR = 1 / math.sqrt(2 * math.pi), 0.5 - 1 / (2 * math.pi)  # ReLU(X), X ~ N(0, 1)
 
 
+def test_autoinit_dropout_divides_the_variance_by_the_keep_probability():
+    """Dropout ``p``: ``(mean, var / (1 - p))``, so the layer after it gets ``Var(W) = (1 - p) / fan_in``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 256), nn.Dropout(0.25), nn.Linear(256, 512))
+    autoinit(net)
+    assert net[2].weight.var().item() == pytest.approx(0.75 / 256, rel=0.03)
+
+
 @pytest.mark.parametrize(
     "pool, averaged, positions",
     [(nn.AvgPool2d(2), 4, 16), (GlobalAvgPool(), 64, 1), (nn.AdaptiveAvgPool2d(1), 64, 1),
@@ -265,6 +273,18 @@ def test_autoinit_average_pooling_keeps_the_mean_and_divides_the_variance_by_the
     autoinit(net, torch.randn(4, 1, 8, 8))  # the sample supplies the 8x8 shapes
     second_moment = RELU_VAR / averaged + RELU_MEAN**2
     assert net[4].weight.var().item() == pytest.approx(1 / (64 * positions * second_moment), rel=0.03)
+
+
+def test_autoinit_sets_every_weighted_layer_output_to_the_signal_variance():
+    """``signal_variance`` 2.5: ``Var(W) = 2.5 / fan_in`` on the unit-variance input, then ReLU halves the
+    second moment to 1.25, so ``Var(W) = 2.5 / (fan_in * 1.25)``; the output variance is 2.5."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 256))
+    autoinit(net, signal_variance=2.5)
+    assert net[0].weight.var().item() == pytest.approx(2.5 / 64, rel=0.03)
+    assert net[2].weight.var().item() == pytest.approx(2.5 / (1024 * 1.25), rel=0.03)
+    with torch.no_grad():
+        assert net(torch.randn(4096, 64)).var().item() == pytest.approx(2.5, rel=0.1)
 
 
 @pytest.mark.parametrize(
