@@ -145,14 +145,40 @@ def test_guard_falls_back_to_batch_norm_and_p_zero_chain_is_batch_norm():
     torch.testing.assert_close(norm1(h), bn(h))
 
 
+def official_kalman(batch_mean, batch_var, prior_mean, prior_var, p):
+    """``pre_updates`` of ``kalman_filter`` in the official ``KalmanNorm/kalman_norm.py``."""
+    mean = p * prior_mean + (1 - p) * batch_mean
+    var = p * prior_var + (1 - p) * batch_var + p * (1 - p) * (batch_mean - prior_mean) ** 2
+    return mean, var
+
+
+@pytest.mark.parametrize("ratios, guarded", [((50.0, 148.0), False), ((52.0, 150.0), True)], ids=["99", "101"])
+def test_guard_ignores_the_prior_from_a_mean_variance_ratio_of_100(ratios, guarded):
+    """Official guard: the prior is used while ``mean_c(v_prior / v_batch) < 100`` (here 99 or 101; the
+    channels' batch variances differ, so the ratio of the mean variances would be about 138)."""
+    x = torch.randn(16, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)
+    h = x.requires_grad_() * 1.0  # a conv output stand-in: an autograd node to carry the prior
+    batch_mean, batch_var = moments(h.detach())
+    prior = torch.tensor([0.5, -1.0]), torch.tensor(ratios) * batch_var
+    h.grad_fn.metadata[PRIOR] = prior
+    mean, var = (batch_mean, batch_var) if guarded else official_kalman(batch_mean, batch_var, *prior, 0.5)
+    expected = (h - mean.view(1, 2, 1, 1)) / torch.sqrt(var.view(1, 2, 1, 1) + 1e-5)
+    torch.testing.assert_close(BatchKalmanNorm(2, prior_weight=0.5)(h), expected)
+
+
 def test_running_statistics_average_the_combined_ones_and_eval_is_bn_with_them():
+    """Running averages (momentum 0.1, from 0 and 1) of the official combined mean and variance, with the
+    batch variance unbiased in the latter as in BN."""
     conv0, norm0, conv1, norm1 = chain(2)
     x = torch.randn(4, 3, 6, 6)
     h = conv1(torch.relu(norm0(conv0(x))))
-    prior = h.grad_fn.metadata[PRIOR]
-    mean, _ = kalman_statistics(*moments(h), *prior, 0.9)
+    prior = [s.detach() for s in h.grad_fn.metadata[PRIOR]]
+    batch_mean, batch_var = moments(h.detach())
+    count = h.numel() // h.shape[1]
+    mean, var = official_kalman(batch_mean, batch_var * count / (count - 1), *prior, 0.9)
     norm1(h)
-    torch.testing.assert_close(norm1.running_mean, 0.1 * mean.detach())
+    torch.testing.assert_close(norm1.running_mean, 0.1 * mean)
+    torch.testing.assert_close(norm1.running_var, 0.9 + 0.1 * var)
     norm1.eval()
     ref = F.batch_norm(h, norm1.running_mean, norm1.running_var, norm1.weight, norm1.bias, False, 0.0, 1e-5)
     torch.testing.assert_close(norm1(h), ref)
