@@ -1,5 +1,7 @@
 """The fixed Hadamard head: Hadamard weights, one learned scale, and a fast transform equal to the product."""
 
+import math
+
 import pytest
 import torch
 from autonorm_plugins.hadamard_head import HadamardHead, fwht, sylvester_hadamard
@@ -58,3 +60,16 @@ def test_only_scale_and_bias_are_trained_and_saved():
 def test_more_classes_than_features_is_refused():
     with pytest.raises(ValueError, match="at least as many features as classes"):
         HadamardHead(16, 100)
+
+
+def test_scale_starts_at_one_over_sqrt_classes_and_bias_uniform_within_it():
+    """Reference ``HadamardProj``: ``init_scale = 1 / sqrt(output_size)``; the scale starts there and the bias
+    is drawn from ``U(-init_scale, init_scale)``."""
+    torch.manual_seed(0)
+    head = HadamardHead(1024, 1000)
+    bound = 1 / math.sqrt(1000)
+    assert head.scale.item() == pytest.approx(bound, rel=1e-6)
+    assert head.bias.abs().max().item() <= bound
+    assert head.bias.min().item() < -0.95 * bound and head.bias.max().item() > 0.95 * bound
+    assert head.bias.var().item() == pytest.approx(bound**2 / 3, rel=0.15)  # 1000 draws
+    assert HadamardHead(64, 10).scale.item() == pytest.approx(1 / math.sqrt(10), rel=1e-6)
