@@ -146,7 +146,8 @@ def test_guard_falls_back_to_batch_norm_and_p_zero_chain_is_batch_norm():
 
 
 def official_kalman(batch_mean, batch_var, prior_mean, prior_var, p):
-    """``pre_updates`` of ``kalman_filter`` in the official ``KalmanNorm/kalman_norm.py``."""
+    """The combined moments of the official ``kalman_filter`` (``KalmanNorm/kalman_norm.py``): those of the
+    mixture of the prior (weight p) and batch Gaussians."""
     mean = p * prior_mean + (1 - p) * batch_mean
     var = p * prior_var + (1 - p) * batch_var + p * (1 - p) * (batch_mean - prior_mean) ** 2
     return mean, var
