@@ -34,7 +34,9 @@ from autonorm.yamlfile import placed
 
 
 def _study_args(parser: argparse.ArgumentParser, protocol: bool = True) -> None:
-    what = "study name, the search-space YAML file that made it" + (", or a comparison protocol" if protocol else "")
+    what = "study name, its SQLite file (NAME.db), the search-space YAML file that made it" + (
+        ", or a comparison protocol" if protocol else ""
+    )
     parser.add_argument("study", help=what)
     parser.add_argument("--storage", help="storage URL (default: sqlite:///STUDY.db, or the space's search.storage)")
 

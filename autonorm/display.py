@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import optuna
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -72,8 +73,13 @@ def leaderboard_table(results: StudyResults, limit: int = 10) -> Table:
     varying = {kind: _varying(configs, kind) for kind in kinds}
     train_keys = [k for k in TRAIN_PARAMS if len({repr(c.train.get(k)) for c in configs}) > 1]
     epochs = ["epochs"] if len({c.epochs for c in configs}) > 1 else []  # a space edited between sessions
-    table = Table(
-        title=f"{results.name}: top {limit} by {results.objective} ({results.direction})", title_justify="left"
+    table = Table(  # rules between the header and the rows only: the columns get the room borders would take
+        title=f"{results.name}: top {limit} by {results.objective} ({results.direction})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
     )
     pareto = {t.number for t in results.pareto_front} if results.multi_objective else None
     states = ["state", "pareto"] if pareto is not None else ["state"]

@@ -285,12 +285,15 @@ def default_storage(name: str) -> str:
 
 
 def locate_study(study: str | Path, storage: str | None = None) -> tuple[str, str]:
-    """The name and storage URL of a study named ``study``, or made by the search-space YAML file
-    ``study`` (its name, and its ``search.storage``); ``storage`` overrides the storage, which is
-    otherwise ``sqlite:///NAME.db`` in the working directory for a name."""
+    """The name and storage URL of a study named ``study``, made by the search-space YAML file ``study``
+    (its name, and its ``search.storage``), or held in the SQLite file ``study`` (``NAME.db``, as a search
+    names it); ``storage`` overrides the storage, which is otherwise ``sqlite:///NAME.db`` in the working
+    directory for a name."""
     if str(study).endswith((".yaml", ".yml")):
         spec = load_spec(study)
         return spec.name, storage or spec.storage
+    if str(study).endswith(".db"):
+        return Path(study).stem, storage or f"sqlite:///{study}"
     return str(study), storage or default_storage(str(study))
 
 

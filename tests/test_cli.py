@@ -100,6 +100,8 @@ def test_search_resume_results_best(tmp_path, cli):
     assert "resuming study tiny: 3 of 4 trials already done" in out and "4 complete" in out
     assert "4/4 4 complete 0 pruned 0 failed best" in out  # the live line counts the earlier trials too
     assert "\nstudy tiny in sqlite:///tiny.db: 4 trials" in out  # the progress display ends its line
+    out, _ = cli("results", str(tmp_path / "tiny.db"))  # the study's SQLite file, as the search named it
+    assert f"study tiny in sqlite:///{tmp_path / 'tiny.db'}: 4 trials" in out
     out, _ = cli("search", str(space), "--trials", "2", "-q")
     assert "study tiny has 4 trials done, 2 asked: nothing to run" in out
     board, _ = cli("results", "tiny")
