@@ -85,7 +85,7 @@ def test_the_teacher_of_a_short_trial_leaves_its_initialization(digits):
         torch.manual_seed(0)
         model = build_model(config(model="small_cnn", depth=2, width=16))
         scores[warmup] = fit(model, digits, TRAIN, 2, methods=[EMAN(warmup=warmup)]).metrics["val_accuracy"]
-    assert scores[True] > 0.8 > 0.3 > scores[False]
+    assert scores[True] > 0.6 > 0.3 > scores[False]
 
 
 def test_momentum_zero_makes_the_teacher_the_student_and_one_freezes_it():
