@@ -14,6 +14,7 @@ from autonorm.backends.optuna import Callback
 from autonorm.backends.workers import run_workers
 from autonorm.registry import Registry, get_registry
 from autonorm.results import StudyResults
+from autonorm.space import check_choices_matter
 from autonorm.spec import SearchSpec, load_spec
 
 
@@ -39,6 +40,7 @@ def search(
     registry = registry or get_registry()
     spec = source if isinstance(source, SearchSpec) else load_spec(source, registry)
     spec.override(trials=trials, storage=storage, workers=workers)
+    check_choices_matter(spec, spec.load_data(registry), registry)
     with _optuna_quiet():
         if spec.search.backend == "ray":
             from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it

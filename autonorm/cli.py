@@ -26,6 +26,7 @@ from autonorm.final import train
 from autonorm.interrupts import interrupted_once, stop_if_interrupted
 from autonorm.registry import KINDS, get_registry, unknown_name_message
 from autonorm.results import METRIC_KEYS, StudyResults, TrialRecord, load_study, locate_study, open_study, results_of
+from autonorm.space import check_choices_matter
 from autonorm.spec import load_spec
 from autonorm.storage import check_shareable, mask_url
 from autonorm.testing import CHECKED_KINDS, check_component
@@ -56,7 +57,8 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         exc.path = "--" + (exc.path or "").removeprefix("search.")
         raise
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    spec.load_data(registry)  # a missing or bad data file stops the search before it opens its study
+    # a missing or bad data file, or a kind the backbone ignores, stops the search before it opens its study
+    check_choices_matter(spec, spec.load_data(registry), registry)
     local_cuda = spec.search.backend == "optuna" and spec.train_options.get("device") == "cuda"
     if local_cuda and not torch.cuda.is_available():  # else every trial would fail on it
         no_cuda = SpecError("'cuda', but this machine has no CUDA device: use auto or cpu", path="train.device")
@@ -157,6 +159,7 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         return 0
     spec = load_spec(args.space, registry)
     data = spec.load_data(registry)  # as a search does first: a missing or bad data file is found here
+    check_choices_matter(spec, data, registry)
     console.print(
         f"[green]ok[/green] {args.space}: study {spec.name!r}, {spec.search.trials} trials, "
         f"storage {mask_url(spec.storage)}"

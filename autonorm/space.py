@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from autonorm.build import build_model
 from autonorm.config import ComponentChoice, TrialConfig
-from autonorm.errors import Incompatible
+from autonorm.data import Data
+from autonorm.errors import Incompatible, SpecError
 from autonorm.params import Categorical, Domain
+from autonorm.registry import Registry
 from autonorm.results import place
 from autonorm.spec import Candidate, SearchSpec
+from autonorm.yamlfile import placed
 
 
 def _choose(trial: Any, name: str, candidates: list[Candidate]) -> Candidate:
@@ -95,3 +99,55 @@ def check_compatible(chosen: dict[str, Any]) -> None:
             missing = names.get(kind) != name if name else kind not in names
             if missing:
                 raise Incompatible(f"incompatible: {comp.kind} {comp.name} requires {rule}", summary)
+
+
+#: The kinds that fill a slot of the backbone (the rest act on initialization, data or training).
+MODEL_SLOTS = ("normalization", "activation", "pooling", "downsampling", "head")
+
+
+class _FirstChoice:
+    """A stand-in trial that takes each choice's first value, each range's low end, and the candidate
+    given for one kind."""
+
+    number = 0
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.chosen = {kind: name}
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        return self.chosen.get(name, choices[0])
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False) -> int:
+        return low
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return low
+
+
+def check_choices_matter(spec: SearchSpec, data: Data, registry: Registry) -> None:
+    """Refuse a searched kind whose choices all build the same model: the backbone has no slot for it
+    (``resnet`` downsamples inside its blocks, so ``downsampling: [max, all_conv]`` changes nothing), and
+    its trials would train one model again and again. Models are compared by their module structure
+    (``repr``), built with every other kind at its first choice; a combination that cannot be built is
+    left for the trials to report."""
+    for kind in MODEL_SLOTS:
+        candidates = spec.space.get(kind, [])
+        if len(candidates) < 2:
+            continue
+        built = set()
+        for cand in candidates:
+            try:
+                config = sample_config(_FirstChoice(kind, cand.name), spec, data.input_shape, data.num_classes)
+                built.add(repr(build_model(config, registry=registry)))
+            except Exception:  # incompatible or failing: the trials say why, with their reasons
+                return
+            if len(built) > 1:
+                break
+        if len(built) == 1:
+            same = SpecError(
+                f"the {spec.model.name} backbone builds the same model whichever of "
+                f"{', '.join(c.name for c in candidates)} is chosen (it has no {kind} layer for them to fill): "
+                f"leave {kind} out of the space, or choose a backbone that uses it",
+                path=f"space.{kind}",
+            )
+            raise placed(same, spec.source)

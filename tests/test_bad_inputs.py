@@ -123,6 +123,28 @@ def test_a_missing_data_file_is_named_with_the_space_file_that_names_it(tmp_path
     assert not (tmp_path / "intact.db").exists()  # stopped before it opened the study
 
 
+def test_a_kind_the_backbone_has_no_slot_for_is_refused_before_the_study_opens(tmp_path, capsys):
+    """resnet downsamples inside its blocks: searching downsampling there used to train one model again and
+    again under different names; small_cnn fills the slot, and an initializer is no slot at all."""
+    space = write(
+        tmp_path / "space.yaml",
+        "name: intact\nmodel: {backbone: resnet, depth: 8, width: 4}\nspace:\n"
+        "  downsampling: [strided_conv, max]\ntrain: {epochs: 1}\n",
+    )
+    for command in (["search", str(space), "-q"], ["validate", str(space)]):
+        assert main(command) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.startswith(f"error: {space}:4:3: space.downsampling: the resnet backbone builds the same "), err
+        assert "model whichever of strided_conv, max is chosen" in err
+    assert not (tmp_path / "intact.db").exists()
+    text = space.read_text()
+    for edited in (
+        text.replace("backbone: resnet", "backbone: small_cnn"),
+        text.replace("downsampling: [strided_conv, max]", "initializer: [kaiming, gradinit]"),
+    ):
+        assert main(["validate", str(write(tmp_path / "ok.yaml", edited))]) == 0
+
+
 def test_a_comparison_checks_every_tasks_data_before_it_trains_anything(tmp_path, capsys):
     """A missing file in the last task, or a task without a test split, stops the comparison at once,
     placed in the protocol, and leaves no pair database behind; validate finds the same."""
