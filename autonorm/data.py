@@ -1,14 +1,16 @@
 """Datasets as tensors: what a dataset plugin returns, and the fixed train/validation/test split.
 
 A dataset plugin's factory returns :class:`Arrays` (features ``(N, C, L)`` or ``(N, C, H, W)`` and
-integer labels). The split is stratified and seeded, so every trial of a study sees the same one;
-features are standardized per channel with statistics of the training split only.
+integer labels). The split is stratified (unless a class has a single sample: a warning says so) and
+seeded, so every trial of a study sees the same one; features are standardized per channel with
+statistics of the training split only.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -112,7 +114,12 @@ def _load(
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, fraction: float, seed: int, key: str) -> tuple[np.ndarray, ...]:
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
+    single = np.flatnonzero(counts == 1)
+    if len(single):  # scikit-learn stratifies only classes of two samples or more
+        classes = ", ".join(map(str, single[:5])) + (", ..." if len(single) > 5 else "")
+        message = f"dataset {name}: class {classes} has one sample, so the {key} split is not stratified"
+        warnings.warn(message, stacklevel=2)
+    stratify = None if len(single) else y
     from sklearn.model_selection import train_test_split  # here: importing scikit-learn takes a second
 
     try:

@@ -116,3 +116,11 @@ def test_too_few_samples_for_a_stratified_split_is_a_clear_error(tmp_path):
     with pytest.raises(SpecError, match=r"cannot split 30 samples of 10 classes by test_fraction 0.2") as info:
         load_data(ComponentChoice(name="npz", params={"path": str(tmp_path / "few.npz")}), 0.2, 0.2)
     assert info.value.path == "data.test_fraction"
+
+
+def test_a_class_of_one_sample_makes_the_split_unstratified_and_says_so(tmp_path):
+    """scikit-learn cannot stratify a class of one sample; the split used to drop stratification silently."""
+    y = np.concatenate([np.arange(60) % 3, [3]])
+    np.savez(tmp_path / "one.npz", x=np.zeros((61, 1, 4, 4), np.float32), y=y)
+    with pytest.warns(UserWarning, match=r"dataset npz: class 3 has one sample, so the test_fraction split is not"):
+        load_data(ComponentChoice(name="npz", params={"path": str(tmp_path / "one.npz")}), 0.2, 0.2)
