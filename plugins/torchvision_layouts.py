@@ -16,9 +16,12 @@ they need neither torchvision nor network access, and they never download anythi
 
 Images are (N, 1, 28, 28) or (N, 3, 32, 32) with pixel values in [0, 1]. The official test split is
 the held-out test split (so ``data.test_fraction`` does not apply); validation is carved from the
-training split by autonorm's usual stratified split. ``limit`` > 0 keeps that many training images
-(a fixed random subset), so comparisons on a CPU stay small. A relative ``root`` is read from
-the space file's folder, like every path in a space file.
+training split by autonorm's usual stratified split. ``limit`` > 0 keeps that many images of the
+official training split before validation is carved from it, so it caps training and validation
+images together (``limit: 5000`` with ``val_fraction`` 0.2 trains on 4,000); the test split is never
+limited. The subset is random (the same one every run) but not balanced across classes. Small limits
+keep comparisons on a CPU small. A relative ``root`` is read from the space file's folder, like every
+path in a space file.
 """
 
 from __future__ import annotations
@@ -196,7 +199,8 @@ def _factory(name: str):
     folder = MNIST_FOLDERS[name] + "/raw" if name in MNIST_FOLDERS else CIFAR_LAYOUTS[name][0]
     load.__doc__ = (
         f"{TITLES[name]} from torchvision's layout, root/{folder}/ (never downloaded); official test split.\n\n"
-        "``limit`` > 0 keeps that many training images (a fixed random subset)."
+        "``limit`` > 0 keeps that many images of the official training split, training and validation together\n"
+        "(a fixed random subset, not class-balanced); the test split is never limited."
     )
     load.__name__ = name
     return load
