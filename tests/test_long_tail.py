@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from autonorm_plugins.digits import digits, long_tail_counts
 from autonorm_plugins.noise_images import PureNoiseImages
 from torch import nn
 
-from autonorm import ComponentChoice, build_model, load_spec
+from autonorm import ComponentChoice, SpecError, build_model, get_registry, load_spec
 from autonorm.data import load_data
 from autonorm.trainer import evaluate, fit
 from tests.test_build import config
@@ -26,6 +27,19 @@ def test_exponential_profile_on_the_training_split_only():
     assert val.max() - val.min() <= 1  # validation stays balanced
     balanced = load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
     assert len(arrays.y_test) == len(balanced.y_test) and len(arrays.y_val) == len(balanced.y_val)
+
+
+@pytest.mark.parametrize("imbalance, ratio", [(10, 113 / 11), (50, 56.5), (100, 113), (113, 113)])
+def test_whole_counts_make_the_ratio_113_over_the_floored_tail(imbalance, ratio):
+    train = np.bincount(digits(imbalance).y)
+    assert train[0] == 113 and train[0] / train[-1] == pytest.approx(ratio)
+
+
+def test_an_imbalance_the_head_class_cannot_express_is_refused():
+    component = get_registry().get("dataset", "digits")
+    assert component.values({"imbalance": 113})["imbalance"] == 113
+    with pytest.raises(SpecError, match="imbalance: expected at most 113"):
+        component.values({"imbalance": 114})
 
 
 class Constant(nn.Module):
