@@ -1,5 +1,6 @@
 """The training loop: it learns, reports every epoch, is reproducible, and stops a diverging run."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,10 +23,19 @@ TRAIN = {
 def test_digits_split_is_fixed_and_standardized(digits):
     assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
     assert len(digits.x_train) + len(digits.x_val) + len(digits.x_test) == 1797
-    assert abs(digits.x_train.mean().item()) < 1e-4
+    assert abs(digits.x_train.mean().item()) < 1e-4 and abs(digits.x_train.std().item() - 1) < 1e-3
     _load.cache_clear()  # split again rather than answer from the cache
     again = load_data(ComponentChoice(name="digits"), 0.2, 0.2, seed=0)
     assert torch.equal(again.y_val, digits.y_val) and torch.equal(again.x_train, digits.x_train)
+
+
+def test_features_are_standardized_per_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(5, 2, (100, 1, 16)), rng.normal(-3, 0.1, (100, 1, 16))], axis=1)
+    np.savez(tmp_path / "two.npz", x=x.astype(np.float32), y=np.arange(100) % 2)
+    data = load_data(ComponentChoice(name="npz", params={"path": str(tmp_path / "two.npz")}), 0.2, 0.2)
+    torch.testing.assert_close(data.x_train.mean(dim=(0, 2)), torch.zeros(2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(data.x_train.std(dim=(0, 2), correction=0), torch.ones(2), atol=1e-4, rtol=0)
 
 
 def test_fit_learns_reports_each_epoch_and_records_costs(digits):
