@@ -47,6 +47,26 @@ def test_resnet_depth_sets_the_number_of_blocks():
         get_registry().get("model", "resnet").factory((1, 8, 8), 10, None, depth=9)
 
 
+def test_resnet_stages_double_the_width_and_halve_the_size_at_their_first_block():
+    net = build_model(config(depth=14, width=4, shape=(1, 8, 8))).eval()
+    x = net.stem(torch.randn(2, 1, 8, 8))
+    shapes = []
+    for block in net.blocks:
+        x = block(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(4, 8, 8), (4, 8, 8), (8, 4, 4), (8, 4, 4), (16, 2, 2), (16, 2, 2)]
+
+
+def test_resnet_block_applies_the_activation_after_adding_the_shortcut():
+    net = build_model(config(depth=8, width=4, shape=(1, 8, 8))).eval()
+    x = torch.randn(2, 4, 8, 8)
+    for block in net.blocks[:2]:  # an identity shortcut, then a projection
+        out = block(x)
+        torch.testing.assert_close(out, torch.relu(block.branch(x) + block.shortcut(x)))
+        assert out.min() == 0
+        x = out
+
+
 def test_config_roundtrip_through_yaml(tmp_path):
     cfg = config(norm="groupnorm")
     path = tmp_path / "best.yaml"
