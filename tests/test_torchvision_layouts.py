@@ -116,13 +116,14 @@ def test_official_test_split_is_held_out_and_validation_comes_from_train(tmp_pat
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
 
 
-def test_limit_keeps_a_fixed_subset_of_the_training_images(tmp_path):
+def test_limit_keeps_a_fixed_random_subset_of_the_training_images(tmp_path):
     written = write_mnist(tmp_path, n_train=40, n_test=20)
     small = dataset("mnist", root=str(tmp_path), limit=12)
     assert small.x.shape == (12, 1, 28, 28) and small.x_test.shape == (20, 1, 28, 28)
     train = written["train"][0].astype(np.float32) / 255
     rows = [int(np.flatnonzero((train == image[0]).all(axis=(1, 2)))[0]) for image in small.x]
     np.testing.assert_array_equal(small.y, written["train"][1][rows])
+    assert max(rows) >= 12  # drawn from the whole training split, not its first 12 images
     np.testing.assert_array_equal(dataset("mnist", root=str(tmp_path), limit=12).x, small.x)
     assert dataset("mnist", root=str(tmp_path), limit=100).x.shape[0] == 40
 
