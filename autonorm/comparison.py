@@ -41,6 +41,7 @@ from autonorm.data import load_data
 from autonorm.errors import SpecError, TrialFailed, first_problem
 from autonorm.registry import Registry, get_registry, unknown_name_message
 from autonorm.results import TrialRecord, open_study, results_of
+from autonorm.space import MODEL_SLOTS, first_model, same_model_error
 from autonorm.spec import (
     SEARCHED_KINDS,
     TRAIN_PARAMS,
@@ -350,18 +351,25 @@ def check_tasks(
     registry: Registry,
 ) -> None:
     """Load every task's data before anything trains, so that a missing file or a task without a test
-    split stops the comparison at once with an error placed in the protocol, not after hours of tuning."""
+    split stops the comparison at once with an error placed in the protocol, not after hours of tuning;
+    and refuse candidates that all build the same model (a kind the backbone has no slot for)."""
     file = None if isinstance(source, Mapping) else source
     for i, task in enumerate(proto.tasks):
-        spec = next((s for (t, _), s in specs.items() if t == task.name and isinstance(s, SearchSpec)), None)
-        if spec is None:  # no candidate can run on it: its cells say why
+        runnable = {c: s for (t, c), s in specs.items() if t == task.name and isinstance(s, SearchSpec)}
+        if not runnable:  # no candidate can run on it: its cells say why
             continue
         try:
-            if len(spec.load_data(registry).x_test) == 0:
+            data = next(iter(runnable.values())).load_data(registry)
+            if len(data.x_test) == 0:
                 message = "the comparison scores on a test split: give the task test_fraction > 0"
                 raise SpecError(message, path="data.test_fraction")
         except SpecError as exc:
             raise placed(exc, file, ("tasks", i)) from None
+        if i == 0 and proto.kind in MODEL_SLOTS and len(runnable) > 1:
+            built = {first_model(s, data, registry) for s in runnable.values()}
+            if len(built) == 1 and None not in built:
+                model = next(iter(runnable.values())).model.name
+                raise placed(same_model_error(model, proto.kind, list(runnable), "kind"), file)
 
 
 def _retrain(spec: SearchSpec, config, seed: int, registry: Registry) -> dict[str, float]:

@@ -106,13 +106,13 @@ MODEL_SLOTS = ("normalization", "activation", "pooling", "downsampling", "head")
 
 
 class _FirstChoice:
-    """A stand-in trial that takes each choice's first value, each range's low end, and the candidate
-    given for one kind."""
+    """A stand-in trial that takes each choice's first value, each range's low end, and the candidates
+    given for some kinds."""
 
     number = 0
 
-    def __init__(self, kind: str, name: str) -> None:
-        self.chosen = {kind: name}
+    def __init__(self, chosen: dict[str, str]) -> None:
+        self.chosen = chosen
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
         return self.chosen.get(name, choices[0])
@@ -124,30 +124,38 @@ class _FirstChoice:
         return low
 
 
+def first_model(spec: SearchSpec, data: Data, registry: Registry, chosen: dict[str, str] | None = None) -> str | None:
+    """The module structure (``repr``) of the model ``spec`` builds with every kind at its first choice (or
+    as ``chosen``); None if that combination cannot be built (its trials report why)."""
+    try:
+        config = sample_config(_FirstChoice(chosen or {}), spec, data.input_shape, data.num_classes)
+        return repr(build_model(config, registry=registry))
+    except Exception:  # incompatible, or a failing plugin: the trials say why, with their reasons
+        return None
+
+
+def same_model_error(model: str, kind: str, names: list[str], path: str) -> SpecError:
+    return SpecError(
+        f"the {model} backbone builds the same model whichever of {', '.join(names)} is chosen (it has no "
+        f"{kind} layer for them to fill): choose a backbone that uses it, or do not vary {kind}",
+        path=path,
+    )
+
+
 def check_choices_matter(spec: SearchSpec, data: Data, registry: Registry) -> None:
     """Refuse a searched kind whose choices all build the same model: the backbone has no slot for it
     (``resnet`` downsamples inside its blocks, so ``downsampling: [max, all_conv]`` changes nothing), and
-    its trials would train one model again and again. Models are compared by their module structure
-    (``repr``), built with every other kind at its first choice; a combination that cannot be built is
-    left for the trials to report."""
+    its trials would train one model again and again. Models are compared by their module structure,
+    built with every other kind at its first choice."""
     for kind in MODEL_SLOTS:
         candidates = spec.space.get(kind, [])
         if len(candidates) < 2:
             continue
         built = set()
         for cand in candidates:
-            try:
-                config = sample_config(_FirstChoice(kind, cand.name), spec, data.input_shape, data.num_classes)
-                built.add(repr(build_model(config, registry=registry)))
-            except Exception:  # incompatible or failing: the trials say why, with their reasons
-                return
-            if len(built) > 1:
+            built.add(first_model(spec, data, registry, {kind: cand.name}))
+            if len(built) > 1 or None in built:
                 break
-        if len(built) == 1:
-            same = SpecError(
-                f"the {spec.model.name} backbone builds the same model whichever of "
-                f"{', '.join(c.name for c in candidates)} is chosen (it has no {kind} layer for them to fill): "
-                f"leave {kind} out of the space, or choose a backbone that uses it",
-                path=f"space.{kind}",
-            )
+        if len(built) == 1 and None not in built:
+            same = same_model_error(spec.model.name, kind, [c.name for c in candidates], f"space.{kind}")
             raise placed(same, spec.source)

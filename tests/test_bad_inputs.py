@@ -124,8 +124,8 @@ def test_a_missing_data_file_is_named_with_the_space_file_that_names_it(tmp_path
 
 
 def test_a_kind_the_backbone_has_no_slot_for_is_refused_before_the_study_opens(tmp_path, capsys):
-    """resnet downsamples inside its blocks: searching downsampling there used to train one model again and
-    again under different names; small_cnn fills the slot, and an initializer is no slot at all."""
+    """resnet downsamples inside its blocks: searching (or comparing) downsampling there used to train one
+    model again and again under different names; small_cnn fills the slot, and an initializer is no slot."""
     space = write(
         tmp_path / "space.yaml",
         "name: intact\nmodel: {backbone: resnet, depth: 8, width: 4}\nspace:\n"
@@ -143,6 +143,16 @@ def test_a_kind_the_backbone_has_no_slot_for_is_refused_before_the_study_opens(t
         text.replace("downsampling: [strided_conv, max]", "initializer: [kaiming, gradinit]"),
     ):
         assert main(["validate", str(write(tmp_path / "ok.yaml", edited))]) == 0
+    protocol = write(
+        tmp_path / "p.yaml",
+        "name: c\nkind: downsampling\ncandidates: [strided_conv, max]\nmodel: {backbone: resnet, depth: 8, width: 4}"
+        "\ntasks: [{name: d, data: {dataset: digits}}]\n",
+    )
+    for command in (["compare", str(protocol), "-q"], ["validate", str(protocol)]):  # a comparison of one model
+        assert main(command) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"error: {protocol}:2:1: kind: the resnet backbone builds the same model" in err, err
+    assert not list(tmp_path.glob("c.*.db"))
 
 
 def test_a_comparison_checks_every_tasks_data_before_it_trains_anything(tmp_path, capsys):
