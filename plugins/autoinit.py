@@ -137,7 +137,7 @@ class _Propagation:
         if isinstance(m, nn.Dropout):
             return mean, var / (1.0 - m.p)
         if isinstance(m, (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd)):
-            k = math.prod(_as_tuple(m.kernel_size, node))
+            k = _window(m)
             return (mean, var / k) if isinstance(m, nn.modules.pooling._AvgPoolNd) else _max_moments(mean, var, k)
         if isinstance(m, (GlobalAvgPool, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
             return mean, var / _pooled_count(node)
@@ -167,12 +167,20 @@ class _Propagation:
         return x
 
 
-def _as_tuple(size: int | tuple[int, ...], node: fx.Node) -> tuple[int, ...]:
+#: Spatial dimensions of the pooling layers, whose ``kernel_size`` may be one int for all of them.
+_POOL_DIMS = {
+    nn.AvgPool1d: 1, nn.MaxPool1d: 1, nn.AvgPool2d: 2, nn.MaxPool2d: 2, nn.AvgPool3d: 3, nn.MaxPool3d: 3,
+}  # fmt: skip
+
+
+def _window(m: nn.Module) -> int:
+    """The number of values a pooling window covers (``AvgPool2d(2)``: 4), known from its type without a
+    sample batch."""
+    size = m.kernel_size
     if isinstance(size, tuple):
-        return size
-    meta = node.args[0].meta.get("tensor_meta")
-    dims = len(meta.shape) - 2 if meta is not None else 1
-    return (size,) * dims
+        return math.prod(size)
+    dims = next((d for cls, d in _POOL_DIMS.items() if isinstance(m, cls)), 1)
+    return size**dims
 
 
 def _in_bounds_fraction(m: nn.Module, node: fx.Node) -> float:

@@ -275,6 +275,15 @@ def test_autoinit_average_pooling_keeps_the_mean_and_divides_the_variance_by_the
     assert net[4].weight.var().item() == pytest.approx(1 / (64 * positions * second_moment), rel=0.03)
 
 
+def test_autoinit_knows_a_pooling_window_from_its_type_without_a_sample_batch():
+    """``AvgPool2d(2)`` averages 4 values whether or not a sample batch gives the shapes (it counted 2)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 64, 1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(64 * 16, 1024))
+    autoinit(net)
+    second_moment = RELU_VAR / 4 + RELU_MEAN**2
+    assert net[4].weight.var().item() == pytest.approx(1 / (64 * 16 * second_moment), rel=0.03)
+
+
 def test_autoinit_sets_every_weighted_layer_output_to_the_signal_variance():
     """``signal_variance`` 2.5: ``Var(W) = 2.5 / fan_in`` on the unit-variance input, then ReLU halves the
     second moment to 1.25, so ``Var(W) = 2.5 / (fan_in * 1.25)``; the output variance is 2.5."""
