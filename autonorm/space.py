@@ -129,7 +129,8 @@ def first_model(spec: SearchSpec, data: Data, registry: Registry, chosen: dict[s
     as ``chosen``); None if that combination cannot be built (its trials report why)."""
     try:
         config = sample_config(_FirstChoice(chosen or {}), spec, data.input_shape, data.num_classes)
-        return repr(build_model(config, registry=registry))
+        uninitialized = {k: c for k, c in config.components.items() if k != "initializer"}  # the structure only
+        return repr(build_model(config.model_copy(update={"components": uninitialized}), registry=registry))
     except Exception:  # incompatible, or a failing plugin: the trials say why, with their reasons
         return None
 
