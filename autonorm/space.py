@@ -136,6 +136,7 @@ def first_model(spec: SearchSpec, data: Data, registry: Registry, chosen: dict[s
 
 
 def same_model_error(model: str, kind: str, names: list[str], path: str) -> SpecError:
+    """The error for choices of ``kind`` that all build the same ``model``."""
     return SpecError(
         f"the {model} backbone builds the same model whichever of {', '.join(names)} is chosen (it has no "
         f"{kind} layer for them to fill): choose a backbone that uses it, or do not vary {kind}",
@@ -147,14 +148,20 @@ def check_choices_matter(spec: SearchSpec, data: Data, registry: Registry) -> No
     """Refuse a searched kind whose choices all build the same model: the backbone has no slot for it
     (``resnet`` downsamples inside its blocks, so ``downsampling: [max, all_conv]`` changes nothing), and
     its trials would train one model again and again. Models are compared by their module structure,
-    built with every other kind at its first choice."""
+    built with every other kind at its first choice that leaves this kind in (FRN brings its own
+    activation: the activations are compared beside another normalization)."""
     for kind in MODEL_SLOTS:
         candidates = spec.space.get(kind, [])
-        if len(candidates) < 2:
+        others = {
+            other: next((c.name for c in cands if kind not in c.component.excludes), None)
+            for other, cands in spec.space.items()
+            if other != kind
+        }
+        if len(candidates) < 2 or None in others.values() or kind in spec.model.component.excludes:
             continue
         built = set()
         for cand in candidates:
-            built.add(first_model(spec, data, registry, {kind: cand.name}))
+            built.add(first_model(spec, data, registry, {**others, kind: cand.name}))
             if len(built) > 1 or None in built:
                 break
         if len(built) == 1 and None not in built:

@@ -141,6 +141,7 @@ def test_a_kind_the_backbone_has_no_slot_for_is_refused_before_the_study_opens(t
     for edited in (
         text.replace("backbone: resnet", "backbone: small_cnn"),
         text.replace("downsampling: [strided_conv, max]", "initializer: [kaiming, gradinit]"),
+        text.replace("downsampling: [strided_conv, max]", "normalization: [frn, batchnorm]\n  activation: [relu, elu]"),
     ):
         assert main(["validate", str(write(tmp_path / "ok.yaml", edited))]) == 0
     protocol = write(
