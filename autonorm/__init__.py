@@ -34,6 +34,7 @@ _MODULES = {
     "TrialFailed": "errors",
     "TrainedModel": "final",
     "load_trained": "final",
+    "standardize": "final",
     "train": "final",
     "Choice": "params",
     "FilePath": "params",
@@ -74,7 +75,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from autonorm.config import ComponentChoice, TrialConfig
     from autonorm.data import Arrays, Data
     from autonorm.errors import SpecError, TrialFailed
-    from autonorm.final import TrainedModel, load_trained, train
+    from autonorm.final import TrainedModel, load_trained, standardize, train
     from autonorm.params import Choice, FilePath, Float, Int, Str
     from autonorm.registry import Component, Registry, get_registry
     from autonorm.results import StudyResults, TrialRecord, load_study

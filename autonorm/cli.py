@@ -282,7 +282,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f} "
         f"({int(m['params'])} parameters, {m['train_seconds']:.1f} s)"
     )
-    console.print(f"saved weights, configuration and metrics to {trained.out_dir}/")
+    console.print(f"saved weights, configuration, metrics and input statistics to {trained.out_dir}/")
     return 0
 
 

@@ -47,6 +47,10 @@ class Data:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    #: the per-channel mean and standard deviation the features were standardized with (the training
+    #: split's), shaped to broadcast over ``(N, C, *spatial)``: what raw inputs need before a trained model
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -109,7 +113,10 @@ def _load(
         return torch.from_numpy(np.asarray(a, dtype=np.int64))
 
     num_classes = arrays.num_classes or int(max(y.max(), y_val.max(), y_test.max(initial=0))) + 1
-    return Data(features(x), labels(y), features(x_val), labels(y_val), features(x_test), labels(y_test), num_classes)
+    return Data(
+        features(x), labels(y), features(x_val), labels(y_val), features(x_test), labels(y_test), num_classes,
+        mean=torch.from_numpy(mean.astype(np.float32)), std=torch.from_numpy(std.astype(np.float32)),
+    )  # fmt: skip
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, fraction: float, seed: int, key: str) -> tuple[np.ndarray, ...]:

@@ -6,7 +6,9 @@ never saw (``TrialConfig.data_seed`` reproduces it). The output folder holds:
 
 - ``model.pt``: the state_dict (plain tensors; load with ``torch.load(..., weights_only=True)``),
 - ``config.yaml``: the resolved configuration, which :func:`autonorm.build_model` builds,
-- ``metrics.json``: test accuracy, balanced accuracy and loss, and the cost metrics.
+- ``metrics.json``: test accuracy, balanced accuracy and loss, and the cost metrics,
+- ``inputs.json``: the per-channel mean and standard deviation the model's inputs are standardized with
+  (the training split's, as during the search): :func:`standardize` applies them to raw inputs.
 
 Where a training method evaluates another model than the one it trains (averaged weights, an EMA
 teacher), that evaluated model is what gets scored and saved.
@@ -37,6 +39,7 @@ from autonorm.yamlfile import placed
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+INPUTS_FILE = "inputs.json"
 
 
 @dataclass
@@ -123,6 +126,8 @@ def _train(config: TrialConfig, out: Path, registry: Registry) -> TrainedModel:
     torch.save(state, out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(config.to_yaml())
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    inputs = {"mean": data.mean.flatten().tolist(), "std": data.std.flatten().tolist()}
+    (out / INPUTS_FILE).write_text(json.dumps(inputs, indent=2) + "\n")
     _check_reload(final, load_trained(out, registry), data.x_test[:64], config)
     return TrainedModel(final, config, metrics, out)
 
@@ -133,6 +138,15 @@ def load_trained(out_dir: str | os.PathLike, registry: Registry | None = None) -
     model = build_model(TrialConfig.load(out / CONFIG_FILE), registry=registry)
     model.load_state_dict(_read_weights(out / WEIGHTS_FILE, model))
     return model.eval()
+
+
+def standardize(out_dir: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
+    """Raw inputs ``(N, C, *spatial)``, as the dataset gives them, standardized per channel as the model
+    :func:`train` saved in ``out_dir`` was trained on (``inputs.json``)."""
+    inputs = json.loads((Path(out_dir) / INPUTS_FILE).read_text())
+    shape = (1, -1, *[1] * (x.dim() - 2))
+    mean, std = (torch.tensor(inputs[key], dtype=x.dtype, device=x.device).view(shape) for key in ("mean", "std"))
+    return (x - mean) / std
 
 
 def _read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -440,6 +440,9 @@ def test_train_scores_on_test_and_saves_a_reloadable_model(multi_study, cli, tmp
     with torch.no_grad():
         accuracy = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    raw = data.x_test * data.std + data.mean  # the test images as the dataset gives them
+    torch.testing.assert_close(autonorm.standardize(tmp_path / "final", raw), data.x_test, rtol=0, atol=1e-5)
+    assert not torch.allclose(raw, data.x_test, atol=0.1)  # the saved statistics are needed
 
 
 def test_python_train_outputs_match_the_reloaded_model(multi_study, tmp_path):
