@@ -112,6 +112,8 @@ def make_objective(
                 trial.set_user_attr("summary", exc.summary)
             if isinstance(exc, Rejected):  # recorded as pruned, multi-objective too: TPE counts it against its region
                 trial.set_user_attr("fail_reason", reason)
+                if history:  # the epochs before it diverged, as a pruned trial keeps them
+                    trial.set_user_attr("history", history)
                 finish("pruned", {"reason": reason})
                 raise optuna.TrialPruned(reason) from None
         except Exception as exc:  # noqa: BLE001 - a plugin's bug fails its trial, not the search

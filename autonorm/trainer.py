@@ -129,10 +129,11 @@ def fit(
     scheduler = make_schedule(optimizer, train["schedule"], steps * epochs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    trained = 0.0  # seconds spent training: the batches and the methods' end of epoch, not evaluation
 
     # -------------------------------------------------------------- loop
     for epoch in range(epochs):
+        start = time.perf_counter()
         model.train()
         perm = torch.randperm(n, device=device)
         loss_sum = torch.zeros((), device=device)
@@ -161,19 +162,22 @@ def fit(
         for method in methods:
             method.end_epoch(model, epoch)
             eval_model = method.eval_model(eval_model)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        trained += time.perf_counter() - start
         metrics = {"train_loss": train_loss, **evaluate(eval_model, xv, yv, autocast)}
+        if len(xv) and not math.isfinite(metrics["val_loss"]):  # an averaged or EMA model gone NaN, say
+            raise Diverged(f"diverged: validation loss became {metrics['val_loss']} in epoch {epoch + 1}")
         history.append(metrics)
         if report is not None:
             report(epoch, metrics)
 
     # -------------------------------------------------------------- costs
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
     metrics = dict(history[-1])
-    metrics["train_seconds"] = time.perf_counter() - start
+    metrics["train_seconds"] = trained
     metrics["params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
     try:
-        metrics["latency_ms"] = latency_ms(model, xv[:1])
+        metrics["latency_ms"] = latency_ms(model, xv[:1], autocast)
     except (RuntimeError, ValueError) as exc:  # the trained result stands; only this cost is missing
         warnings.warn(f"latency not measured: the model cannot run on a single sample ({exc})", stacklevel=2)
     if device.type == "cuda":
@@ -228,15 +232,19 @@ def evaluate(
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 20) -> float:
-    """Median milliseconds of one forward pass on a single sample, in eval mode."""
+def latency_ms(
+    model: nn.Module, sample: torch.Tensor, autocast: Callable = contextlib.nullcontext, repeats: int = 20
+) -> float:
+    """Median milliseconds of one forward pass on a single sample, in eval mode and under ``autocast``
+    (the precision the model is evaluated in), after 3 warm-up passes."""
     model.eval()
     times = []
     for _ in range(repeats + 3):
         if sample.is_cuda:
             torch.cuda.synchronize(sample.device)
         t0 = time.perf_counter()
-        model(sample)
+        with autocast():
+            model(sample)
         if sample.is_cuda:
             torch.cuda.synchronize(sample.device)
         times.append(time.perf_counter() - t0)

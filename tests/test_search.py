@@ -146,6 +146,28 @@ def test_diverging_and_raising_trials_are_recorded_and_the_search_finishes(tmp_p
     assert len(autonorm.search(spec, registry=registry).trials) == 8
 
 
+def test_a_model_whose_evaluation_goes_non_finite_is_diverged_with_the_epochs_before(tmp_path):
+    """Training stays finite but the evaluated model gives NaN in epoch 2: it used to be recorded as a
+    killed process (and trained again on every resume), or as a complete trial at chance accuracy."""
+    registry = registry_with_test_components()
+    spec = load_spec(
+        {
+            "name": "naneval",
+            "model": {"backbone": "small_cnn", "depth": 1, "width": 4},
+            "space": {"normalization": ["nan_in_eval"]},
+            "train": {"epochs": 3},
+            "search": {"trials": 1, "pruner": "none", "objective": "val_loss"},
+        },
+        registry,
+    )
+    (trial,) = autonorm.search(spec, registry=registry).trials
+    assert trial.state == "pruned" and trial.rejected and trial.counts_as_done
+    assert trial.reason == "diverged: validation loss became nan in epoch 2"
+    (frozen,) = __import__("optuna").load_study(study_name="naneval", storage="sqlite:///naneval.db").trials
+    history = frozen.user_attrs["history"]  # the epoch before, as a pruned trial keeps its epochs
+    assert len(history) == 1 and math.isfinite(history[0]["val_loss"])
+
+
 def test_an_incompatible_combination_is_recorded_as_pruned_with_its_reason(tmp_path):
     space = {"normalization": ["no_elu", "batchnorm"], "activation": ["relu", "elu"]}
     results = search_small_cnn("incompatible", space, {"epochs": 1}, trials=10, sampler="random")

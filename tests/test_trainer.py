@@ -1,12 +1,14 @@
 """The training loop: it learns, reports every epoch, is reproducible, and stops a diverging run."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
-from autonorm import ComponentChoice, TrainingMethod, TrialConfig, TrialFailed, build_model
+from autonorm import ComponentChoice, TrainingMethod, TrialConfig, TrialFailed, build_model, trainer
 from autonorm.data import _load, load_data
-from autonorm.trainer import fit, make_optimizer
+from autonorm.trainer import fit, latency_ms, make_optimizer
 from tests.test_build import config
 
 TRAIN = {
@@ -107,6 +109,32 @@ def test_non_finite_loss_is_reported_as_diverged(digits):
     )
     with pytest.raises(TrialFailed, match="diverged: training loss became nan in epoch 1"):
         fit(model, digits, TRAIN, 2)
+
+
+def test_train_seconds_leave_out_evaluation_and_reporting(digits, monkeypatch):
+    """On a clock that only the report callback (a storage write, a pruner) advances, no training time
+    passes: it used to count every epoch's evaluation and report."""
+    clock = [0.0]
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock[0])
+
+    def report(epoch, metrics):
+        clock[0] += 100.0
+
+    model = build_model(config(model="small_cnn", depth=1, width=4))
+    assert fit(model, digits, TRAIN, 2, report).metrics["train_seconds"] == 0.0
+
+
+def test_latency_is_measured_in_the_evaluation_precision():
+    """Under the autocast the evaluation uses (bf16 with amp), each timed pass included."""
+    entered = []
+
+    @contextlib.contextmanager
+    def autocast():
+        entered.append(1)
+        yield
+
+    latency_ms(torch.nn.Linear(4, 2), torch.zeros(1, 4), autocast)
+    assert len(entered) == 23  # 3 warm-up passes and 20 timed ones
 
 
 class Recorder(TrainingMethod):

@@ -14,6 +14,22 @@ class Explode(nn.Module):
         return x * torch.tensor(1e38) * 1e38
 
 
+class NanInLaterEvals(nn.Module):
+    """Trains as the identity; evaluated, it gives NaN from its second evaluation on (an averaged or EMA
+    model gone bad while training stays finite)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluations = 0
+
+    def forward(self, x):
+        if self.training:
+            return x
+        if x.shape[0] > 1:  # not the single-sample latency passes
+            self.evaluations += 1
+        return x * float("nan") if self.evaluations > 1 else x
+
+
 class Raises(nn.Module):
     def forward(self, x):
         raise RuntimeError("boom inside a trial")
@@ -39,6 +55,7 @@ class Shift(nn.Module):
 def autonorm_components():
     return [
         Component(kind="normalization", name="explode", factory=lambda num_channels: Explode()),
+        Component(kind="normalization", name="nan_in_eval", factory=lambda num_channels: NanInLaterEvals()),
         Component(kind="activation", name="raises", factory=lambda num_channels: Raises()),
         Component(kind="activation", name="interrupt", factory=lambda num_channels: Interrupt()),
         Component(
