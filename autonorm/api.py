@@ -41,6 +41,12 @@ def search(
     spec = source if isinstance(source, SearchSpec) else load_spec(source, registry)
     spec.override(trials=trials, storage=storage, workers=workers)
     check_choices_matter(spec, spec.load_data(registry), registry)
+    return run(spec, registry, callbacks)
+
+
+def run(spec: SearchSpec, registry: Registry, callbacks: Sequence[Callback] = ()) -> StudyResults:
+    """Run a checked spec's search on its backend (what :func:`search` does after its checks, and the
+    command line after its own)."""
     with _optuna_quiet():
         if spec.search.backend == "ray":
             from autonorm.backends.ray import run_ray  # Ray is imported only by searches that use it

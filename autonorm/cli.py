@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from autonorm import __version__, display
-from autonorm.api import search
+from autonorm.api import run
 from autonorm.backends.optuna import open_search_study
 from autonorm.backends.workers import STORAGE_ENV, run_worker, worker_spec
 from autonorm.comparison import Comparison, check_tasks, compare, is_protocol, load_comparison, load_protocol
@@ -93,13 +93,13 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
     if args.jsonl:
         reporter = display.JsonLinesReporter(spec.search.objectives)
         with guard:
-            results = search(spec, registry=registry, callbacks=[reporter.callback, *stop])
+            results = run(spec, registry, [reporter.callback, *stop])
     elif args.quiet:
         with guard:
-            results = search(spec, registry=registry, callbacks=stop)
+            results = run(spec, registry, stop)
     else:
         with guard, display.SearchProgress(spec, earlier, console) as progress:
-            results = search(spec, registry=registry, callbacks=[progress.callback, *stop])
+            results = run(spec, registry, [progress.callback, *stop])
     return _shown(results, args, console)
 
 

@@ -537,7 +537,6 @@ def compare(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     proto, specs = load_protocol(source, registry)
     check_tasks(source, proto, specs, registry)
-
     check_unchanged(source, proto, specs)
 
     def pair(task: str, cand: str, spec: SearchSpec, seeds: int) -> Cell:

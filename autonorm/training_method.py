@@ -17,10 +17,18 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def phase_start(fraction: float, epochs: int) -> int:
+    """The epoch (from 0) in which a phase that begins after ``fraction`` of ``epochs`` starts: rounded
+    half up, and at most the last epoch, so that the phase always runs (0.8 of 10 epochs: epoch 8; 0.95
+    of 10: epoch 9, where Python's ``round`` would give 10 and no phase at all)."""
+    return min(math.floor(fraction * epochs + 0.5), max(epochs - 1, 0))
 
 
 class TrainingMethod:

@@ -84,6 +84,7 @@ def gradinit(
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
     scaled = [n for n, w in w0.items() if w.norm() > 0]  # tensors that start at zero stay at zero
+    unscaled = {n: w0[n].requires_grad_() for n in names if n not in scaled}  # they still take the step
     device = sample_batch.device
     scale = torch.ones(len(scaled), device=device, requires_grad=True)
     floor = torch.tensor([0.0 if n.endswith("bias") else min_scale for n in scaled], device=device)
@@ -100,7 +101,7 @@ def gradinit(
     for _ in range(iters):
         perm = torch.randperm(len(x), generator=gen).to(device)
         s0, s1 = perm[: 2 * third], torch.cat([perm[:third], perm[2 * third : 3 * third]])
-        params = {n: w0[n].requires_grad_() for n in names} | {n: scale[i] * w0[n] for i, n in enumerate(scaled)}
+        params = unscaled | {n: scale[i] * w0[n] for i, n in enumerate(scaled)}
         loss0 = F.cross_entropy(functional_call(model, params, (x[s0],)), y[s0])
         grads = torch.autograd.grad(loss0, list(params.values()), create_graph=True)
         if optimizer == "sgd":

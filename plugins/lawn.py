@@ -29,14 +29,13 @@ No official code is public and the paper leaves these open (u); choices made her
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 import autonorm
 from autonorm import Component, Float, TrainingMethod
 from autonorm.routing import is_batch_dependent
+from autonorm.training_method import phase_start
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -62,7 +61,7 @@ class LAWN(TrainingMethod):
         self.norms: list[torch.Tensor] = []
 
     def setup_data(self, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
-        self.warm_epochs = min(math.floor(self.warm * epochs + 0.5), max(epochs - 1, 0))
+        self.warm_epochs = phase_start(self.warm, epochs)
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.weights = final_homogeneous_weights(model)

@@ -30,14 +30,13 @@ natural rows' (the kept label gets 1 - eps + eps / K).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 import autonorm
 from autonorm import Choice, Component, Float, TrainingMethod
 from autonorm.routing import Router, route_batch_statistics
+from autonorm.training_method import phase_start
 
 
 class PureNoiseImages(TrainingMethod):
@@ -56,7 +55,7 @@ class PureNoiseImages(TrainingMethod):
         self.by_class = torch.argsort(y, stable=True)
         reduce = (0, *range(2, x.ndim))
         self.mean, self.std = x.mean(reduce, keepdim=True), x.std(reduce, unbiased=False, keepdim=True)
-        self.start_epoch = min(math.floor(self.start * epochs + 0.5), max(epochs - 1, 0))
+        self.start_epoch = phase_start(self.start, epochs)
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.router = route_batch_statistics(model, self.noise_grad)

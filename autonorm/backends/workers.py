@@ -40,7 +40,6 @@ from autonorm.results import NOT_NEEDED, StudyResults, TrialRecord, results_of
 from autonorm.spec import SearchSpec, load_spec
 from autonorm.storage import check_shareable, has_heartbeats, mask_url, open_storage
 
-#: The reason recorded on a trial that a racing worker started after the study had enough trials.
 #: Environment variable a worker reads its storage URL from, so that a password is not on a command line.
 STORAGE_ENV = "AUTONORM_STORAGE"
 
